@@ -1,0 +1,1 @@
+"""overcast: a virtual-machine cloud on QEMU/KVM."""

@@ -1,0 +1,37 @@
+"""HTTP Basic authentication: user UUID and secret API key."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from starlette.requests import Request
+
+from overcast.cluster.cloud import Cloud
+from overcast.model.errors import AuthError, MissingError
+from overcast.model.user import User
+
+__all__ = ["admin", "caller"]
+
+
+async def caller(request: Request) -> User:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic" or not token:
+        raise AuthError("HTTP Basic credentials (user UUID and secret key) are required")
+    try:
+        uuid, sep, key = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise AuthError("malformed Basic credentials") from None
+    if not sep:
+        raise AuthError("malformed Basic credentials")
+    cloud: Cloud = request.app.state.cloud
+    return await cloud.users.authenticate(uuid, key)
+
+
+async def admin(request: Request) -> User:
+    """The caller, who must be an admin; others see privileged calls as missing."""
+    user = await caller(request)
+    if not user.admin:
+        raise MissingError(f"no such command {request.url.path}")
+    return user

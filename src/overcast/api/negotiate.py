@@ -1,0 +1,63 @@
+"""Content negotiation: request bodies in, replies out.
+
+Input and output are chosen independently: ``Content-Type:
+application/json`` means a JSON body, anything else is text;
+``Accept: application/json`` means a JSON reply, anything else text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from overcast.model.codec import (
+    Keys,
+    Record,
+    decode_json,
+    decode_text,
+    encode_json,
+    encode_json_list,
+    encode_text,
+    encode_text_list,
+)
+from overcast.model.errors import UsageError
+
+__all__ = ["MAX_BODY", "no_content", "read_keys", "reply", "reply_list", "wants_json"]
+
+#: Largest key/value body we read (drive data goes through streaming calls).
+MAX_BODY = 1 << 20
+_JSON = "application/json"
+_TEXT = "text/plain; charset=utf-8"
+
+
+def wants_json(request: Request) -> bool:
+    return _JSON in request.headers.get("accept", "")
+
+
+async def read_keys(request: Request) -> Keys:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise UsageError(f"request body is larger than {MAX_BODY} bytes")
+    if request.headers.get("content-type", "").split(";")[0].strip() == _JSON:
+        return decode_json(bytes(body))
+    return decode_text(bytes(body))
+
+
+def reply(request: Request, records: Record | Sequence[Record]) -> Response:
+    if wants_json(request):
+        return Response(encode_json(records), media_type=_JSON)
+    return Response(encode_text(records), media_type=_TEXT)
+
+
+def reply_list(request: Request, field: str, values: Sequence[str]) -> Response:
+    if wants_json(request):
+        return Response(encode_json_list(field, values), media_type=_JSON)
+    return Response(encode_text_list(values), media_type=_TEXT)
+
+
+def no_content() -> Response:
+    return Response(status_code=204)

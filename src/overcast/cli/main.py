@@ -1,0 +1,141 @@
+"""``overcast serve`` and ``overcast admin …``: the operator's commands.
+
+Scripts call these; their options and output (``key value`` lines, the
+API's text format) are stable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+import uvicorn
+
+from overcast.api.app import build_app
+from overcast.cluster.cloud import Cloud
+from overcast.config import Settings, load_settings
+from overcast.logs import setup_logging
+from overcast.model.codec import encode_text
+from overcast.model.drive import Media, drive_info
+from overcast.model.errors import OvercastError
+
+__all__ = ["app"]
+
+T = TypeVar("T")
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+admin = typer.Typer(no_args_is_help=True, help="Operator commands on the store.")
+user_cmd = typer.Typer(no_args_is_help=True, help="Users.")
+drive_cmd = typer.Typer(no_args_is_help=True, help="Library drives.")
+ip_cmd = typer.Typer(no_args_is_help=True, help="IP address pools.")
+app.add_typer(admin, name="admin")
+admin.add_typer(user_cmd, name="user")
+admin.add_typer(drive_cmd, name="drive")
+admin.add_typer(ip_cmd, name="ip")
+
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Data directory [./var].")]
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="Store URL (sqlite:/// or postgresql://).")
+]
+
+#: Where ``serve`` keeps the first admin's credentials (mode 0600).
+ADMIN_FILE = "admin.txt"
+
+
+def _run(settings: Settings, action: Callable[[Cloud], Awaitable[T]]) -> T:
+    async def main() -> T:
+        cloud = await Cloud.open(settings, background=False)
+        try:
+            return await action(cloud)
+        finally:
+            await cloud.close()
+
+    try:
+        return asyncio.run(main())
+    except OvercastError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+@admin.callback()
+def admin_options(ctx: typer.Context, data: DataOpt = None, store: StoreOpt = None) -> None:
+    ctx.obj = load_settings(data=data, store=store)
+
+
+@user_cmd.command("create")
+def user_create(
+    ctx: typer.Context,
+    name: str,
+    is_admin: Annotated[bool, typer.Option("--admin", help="An admin user.")] = False,
+) -> None:
+    """Create a user; prints its uuid and secret key (shown only now)."""
+    user, secret = _run(ctx.obj, lambda c: c.users.create(name, admin=is_admin))
+    typer.echo(encode_text({"uuid": user.uuid, "secret": secret}), nl=False)
+
+
+@drive_cmd.command("import-standard")
+def drive_import(
+    ctx: typer.Context,
+    file: Path,
+    name: Annotated[str, typer.Option("--name", help="The drive's name.")],
+    uuid: Annotated[str | None, typer.Option("--uuid", help="Fixed UUID.")] = None,
+    media: Annotated[Media, typer.Option("--media", help="disk or cdrom.")] = Media.DISK,
+) -> None:
+    """Register a library drive (gzip or raw file), readable by everyone."""
+    drive = _run(ctx.obj, lambda c: c.drives.import_standard(file, name, uuid=uuid, media=media))
+    typer.echo(encode_text(drive_info(drive)), nl=False)
+
+
+@ip_cmd.command("add-pool")
+def ip_add_pool(
+    ctx: typer.Context,
+    cidr: str,
+    gateway: Annotated[str | None, typer.Option("--gateway")] = None,
+    nameserver: Annotated[str | None, typer.Option("--nameserver")] = None,
+) -> None:
+    """Add an address range that users' IPs are drawn from."""
+    _run(ctx.obj, lambda c: c.resources.add_pool(cidr, gateway, nameserver))
+    typer.echo(f"pool {cidr}")
+
+
+async def _first_admin(cloud: Cloud) -> tuple[str, str] | None:
+    if await cloud.users.count_admins():
+        return None
+    user, secret = await cloud.users.create("admin", admin=True)
+    return user.uuid, secret
+
+
+@app.command()
+def serve(
+    data: DataOpt = None,
+    listen: Annotated[
+        str | None, typer.Option("--listen", help="HOST:PORT [127.0.0.1:8080].")
+    ] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run the all-in-one cloud (manager and local host)."""
+    settings = load_settings(data=data, listen=listen, store=store)
+    setup_logging()
+    created = _run(settings, _first_admin)
+    creds = settings.data / ADMIN_FILE
+    if created:
+        fd = os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(encode_text({"uuid": created[0], "secret": created[1]}))
+    typer.echo(f"overcast listening on http://{settings.listen}/")
+    if creds.is_file():
+        typer.echo(f"admin credentials ({creds}):")
+        typer.echo(creds.read_text(), nl=False)
+    else:
+        typer.echo("admin: an admin user exists; create another with 'overcast admin user create'")
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+    )

@@ -1,0 +1,3 @@
+"""The manager: the services behind the API (users, drives, resources),
+placement, hosts, failover.
+"""

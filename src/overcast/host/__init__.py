@@ -1,0 +1,1 @@
+"""The host agent: local guests and storage, supervision, leases, fencing."""

@@ -1,0 +1,104 @@
+"""User rows: lookup by key digest (auth), creation, quota."""
+
+from __future__ import annotations
+
+import uuid as _uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from overcast.model.user import Quota, User
+from overcast.store.rows import now
+from overcast.store.tables import drives, ips, users, vlans
+
+__all__ = [
+    "count_users",
+    "delete_user",
+    "get_user",
+    "insert_user",
+    "list_users",
+    "owned_kinds",
+    "set_quota",
+    "set_user_key",
+    "user_by_digest",
+]
+
+
+def _user(row: Any) -> User:
+    return User(
+        uuid=row.uuid,
+        name=row.name,
+        admin=row.admin,
+        quota=Quota(
+            drive_bytes=row.quota_drive_bytes,
+            servers=row.quota_servers,
+            cpu=row.quota_cpu,
+            mem=row.quota_mem,
+        ),
+    )
+
+
+async def insert_user(
+    conn: AsyncConnection, name: str, key_digest: str, *, admin: bool, uuid: str | None = None
+) -> User:
+    user = User(uuid=uuid or str(_uuid.uuid4()), name=name, admin=admin, quota=Quota())
+    await conn.execute(
+        users.insert().values(
+            uuid=user.uuid, name=name, key_digest=key_digest, admin=admin, created=now()
+        )
+    )
+    return user
+
+
+async def user_by_digest(conn: AsyncConnection, digest: str) -> User | None:
+    row = (await conn.execute(users.select().where(users.c.key_digest == digest))).first()
+    return _user(row) if row else None
+
+
+async def get_user(conn: AsyncConnection, uuid: str) -> User | None:
+    row = (await conn.execute(users.select().where(users.c.uuid == uuid))).first()
+    return _user(row) if row else None
+
+
+async def list_users(conn: AsyncConnection) -> list[User]:
+    rows = await conn.execute(users.select().order_by(users.c.created, users.c.uuid))
+    return [_user(r) for r in rows]
+
+
+async def count_users(conn: AsyncConnection, *, admin: bool | None = None) -> int:
+    query = sa.select(sa.func.count()).select_from(users)
+    if admin is not None:
+        query = query.where(users.c.admin == admin)
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def set_quota(conn: AsyncConnection, uuid: str, quota: Quota) -> None:
+    await conn.execute(
+        users.update()
+        .where(users.c.uuid == uuid)
+        .values(
+            quota_drive_bytes=quota.drive_bytes,
+            quota_servers=quota.servers,
+            quota_cpu=quota.cpu,
+            quota_mem=quota.mem,
+        )
+    )
+
+
+async def set_user_key(conn: AsyncConnection, uuid: str, key_digest: str) -> None:
+    await conn.execute(users.update().where(users.c.uuid == uuid).values(key_digest=key_digest))
+
+
+async def delete_user(conn: AsyncConnection, uuid: str) -> None:
+    await conn.execute(users.delete().where(users.c.uuid == uuid))
+
+
+async def owned_kinds(conn: AsyncConnection, uuid: str) -> list[str]:
+    """Which kinds of object (drives, ips, vlans) the user still owns."""
+    kinds = []
+    for table in (drives, ips, vlans):
+        query = sa.select(sa.func.count()).select_from(table).where(table.c.user == uuid)
+        if (await conn.execute(query)).scalar_one():
+            kinds.append(table.name)
+    return kinds
