@@ -1,1 +1,1 @@
-pytest_plugins = ["pg"]
+pytest_plugins = ["pg", "cloud"]
