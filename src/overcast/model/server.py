@@ -1,0 +1,292 @@
+"""Servers: the configuration keys of API.md, validated into a spec.
+
+Parsing is pure; whether a drive, IP or VLAN exists and belongs to the
+caller is the create path's business (it needs the store). This module
+answers only "is this a well-formed server configuration".
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import math
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from overcast.model.codec import Keys
+from overcast.model.drive import Media
+from overcast.model.errors import UsageError
+from overcast.model.keys import (
+    parse_bool,
+    parse_int,
+    parse_name,
+    parse_tags,
+    parse_uuid,
+    parse_uuid_list,
+    user_meta,
+)
+
+__all__ = [
+    "MHZ_PER_CORE",
+    "Bus",
+    "DeviceSpec",
+    "NicModel",
+    "NicSpec",
+    "ServerSpec",
+    "new_mac",
+    "parse_server_spec",
+]
+
+#: ``smp auto`` gives one vCPU per this much ``cpu``.
+MHZ_PER_CORE = 2000
+CPU_RANGE = (100, 128_000)
+MEM_RANGE = (32, 262_144)
+SMP_RANGE = (1, 64)
+MAX_NICS = 8
+
+
+class Bus(enum.Enum):
+    IDE = "ide"
+    SCSI = "scsi"
+    VIRTIO = "block"
+
+
+class NicModel(enum.Enum):
+    E1000 = "e1000"
+    RTL8139 = "rtl8139"
+    VIRTIO = "virtio"
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A drive on a device slot, e.g. ``ide:0:1``."""
+
+    name: str
+    bus: Bus
+    index: int
+    unit: int
+    drive: str
+    media: Media = Media.DISK
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    index: int
+    model: NicModel
+    mac: str | None = None
+    vlan: str | None = None
+    dhcp: str | None = None  # an address, "auto", or None
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    cpu: int
+    mem: int
+    smp: int
+    persistent: bool = False
+    devices: tuple[DeviceSpec, ...] = ()
+    boot: tuple[str, ...] = ()
+    nics: tuple[NicSpec, ...] = ()
+    vnc: str | None = None  # "auto" or an address; None: no VNC
+    vnc_password: str | None = None
+    vnc_tls: bool = False
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+    avoid_drives: tuple[str, ...] = ()
+    avoid_servers: tuple[str, ...] = ()
+    callback_exit: str | None = None
+    host: str | None = None
+
+
+_DEVICE = re.compile(r"(ide):([01]):([01])|(scsi):(0):([0-7])|(block):([0-7])")
+_NIC = re.compile(r"nic:([0-9]):(model|mac|vlan|dhcp)")
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_SIMPLE = frozenset(
+    {
+        "name",
+        "cpu",
+        "mem",
+        "smp",
+        "persistent",
+        "boot",
+        "vnc",
+        "vnc:ip",
+        "vnc:password",
+        "password",
+        "vnc:tls",
+        "tags",
+        "avoid:drives",
+        "avoid:servers",
+        "callback:exit",
+        "host",
+    }
+)
+#: What info shows and a client may echo back; ignored on input.
+READ_ONLY = frozenset({"server", "user", "status", "started", "vnc:port", "rx", "tx"})
+_STATS = re.compile(r".+:(read|write):(bytes|requests)|rx:packets|tx:packets|nic:[0-9]:dhcp:ip")
+
+
+def new_mac() -> str:
+    """A random locally administered unicast MAC in QEMU's 52:54:00 range."""
+    tail = secrets.token_bytes(3)
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
+
+
+def _device(key: str) -> tuple[Bus, int, int] | None:
+    m = _DEVICE.fullmatch(key)
+    if not m:
+        return None
+    if m.group(1):
+        return Bus.IDE, int(m.group(2)), int(m.group(3))
+    if m.group(4):
+        return Bus.SCSI, 0, int(m.group(6))
+    return Bus.VIRTIO, int(m.group(8)), 0
+
+
+def _mac(key: str, value: str) -> str:
+    mac = value.strip().lower().replace("-", ":")
+    if not _MAC.fullmatch(mac):
+        raise UsageError(f"{key}: {value[:40]!r} is not a MAC address")
+    if int(mac[:2], 16) & 1:
+        raise UsageError(f"{key}: {mac} is a multicast address")
+    return mac
+
+
+def _dhcp(key: str, value: str) -> str:
+    text = value.strip()
+    if text == "auto":
+        return text
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise UsageError(f"{key}: {value[:60]!r} is not an IP address or auto") from None
+
+
+def _vnc(key: str, value: str) -> str:
+    text = value.strip()
+    if text == "auto":
+        return text
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise UsageError(f"{key}: {value[:60]!r} is not auto or an IP address") from None
+
+
+def _callback(value: str) -> str:
+    url = value.strip()
+    if not re.fullmatch(r"https?://[^\s]{1,2000}", url):
+        raise UsageError("callback:exit: must be an http:// or https:// URL")
+    return url
+
+
+def parse_server_spec(keys: Keys) -> ServerSpec:
+    """Validate a whole ``/servers/create`` configuration."""
+    devices: dict[str, DeviceSpec] = {}
+    media: dict[str, Media] = {}
+    nic_keys: dict[int, dict[str, str]] = {}
+    for key, value in keys.items():
+        if key in _SIMPLE or key in READ_ONLY or key.startswith("user:") or _STATS.fullmatch(key):
+            continue
+        if key.endswith(":media") and _device(key[: -len(":media")]):
+            try:
+                media[key[: -len(":media")]] = Media(value.strip())
+            except ValueError:
+                raise UsageError(f"{key}: {value[:20]!r} is not disk or cdrom") from None
+            continue
+        slot = _device(key)
+        if slot is not None:
+            devices[key] = DeviceSpec(key, *slot, drive=parse_uuid(key, value))
+            continue
+        nic = _NIC.fullmatch(key)
+        if nic is not None:
+            nic_keys.setdefault(int(nic.group(1)), {})[nic.group(2)] = value
+            continue
+        if re.fullmatch(r"(ide|scsi|block|nic)(:.*)?", key):
+            raise UsageError(f"unknown device {key}")
+        raise UsageError(f"unknown key {key}")
+
+    for name in media:
+        if name not in devices:
+            raise UsageError(f"{name}:media given but no drive on {name}")
+    devices = {
+        n: DeviceSpec(d.name, d.bus, d.index, d.unit, d.drive, media.get(n, Media.DISK))
+        for n, d in devices.items()
+    }
+    seen: dict[str, str] = {}
+    for name, device in devices.items():
+        if device.drive in seen:
+            raise UsageError(f"drive {device.drive} is on both {seen[device.drive]} and {name}")
+        seen[device.drive] = name
+
+    for required in ("name", "cpu", "mem"):
+        if required not in keys:
+            raise UsageError(f"missing key {required}")
+    cpu = parse_int("cpu", keys["cpu"], *CPU_RANGE)
+    mem = parse_int("mem", keys["mem"], *MEM_RANGE)
+    smp_text = keys.get("smp", "auto").strip()
+    if smp_text == "auto":
+        smp = max(1, min(SMP_RANGE[1], math.ceil(cpu / MHZ_PER_CORE)))
+    else:
+        smp = parse_int("smp", smp_text, *SMP_RANGE)
+
+    boot = tuple(keys.get("boot", "").split())
+    for name in boot:
+        if name not in devices:
+            raise UsageError(f"boot: {name} is not a device of this server")
+    if len(set(boot)) != len(boot):
+        raise UsageError("boot: a device is named twice")
+
+    nics = tuple(_nic(index, nic_keys[index]) for index in sorted(nic_keys))
+    macs = [n.mac for n in nics if n.mac]
+    if len(set(macs)) != len(macs):
+        raise UsageError("nic:N:mac: two NICs have the same MAC")
+
+    password = keys.get("vnc:password", keys.get("password"))
+    if password is not None and len(password) > 8:
+        raise UsageError("vnc:password: at most 8 characters")
+    vnc_value = keys.get("vnc", keys.get("vnc:ip"))
+    vnc = _vnc("vnc", vnc_value) if vnc_value is not None else None
+    if vnc is None and password:
+        vnc = "auto"
+    return ServerSpec(
+        name=parse_name("name", keys["name"]),
+        cpu=cpu,
+        mem=mem,
+        smp=smp,
+        persistent=parse_bool("persistent", keys["persistent"]) if "persistent" in keys else False,
+        devices=tuple(devices.values()),
+        boot=boot,
+        nics=nics,
+        vnc=vnc if password else None,
+        vnc_password=password or None,
+        vnc_tls=keys.get("vnc:tls", "").strip() == "on",
+        tags=parse_tags("tags", keys.get("tags", "")),
+        meta=user_meta(keys),
+        avoid_drives=parse_uuid_list("avoid:drives", keys.get("avoid:drives", "")),
+        avoid_servers=parse_uuid_list("avoid:servers", keys.get("avoid:servers", "")),
+        callback_exit=_callback(keys["callback:exit"]) if "callback:exit" in keys else None,
+        host=keys["host"].strip() if "host" in keys else None,
+    )
+
+
+def _nic(index: int, keys: dict[str, str]) -> NicSpec:
+    prefix = f"nic:{index}"
+    if index >= MAX_NICS:
+        raise UsageError(f"{prefix}: at most {MAX_NICS} NICs")
+    if "model" not in keys:
+        raise UsageError(f"{prefix}:model is required to create NIC {index}")
+    try:
+        model = NicModel(keys["model"].strip())
+    except ValueError:
+        raise UsageError(
+            f"{prefix}:model: {keys['model'][:20]!r} is not e1000, rtl8139 or virtio"
+        ) from None
+    vlan = parse_uuid(f"{prefix}:vlan", keys["vlan"]) if "vlan" in keys else None
+    dhcp = _dhcp(f"{prefix}:dhcp", keys["dhcp"]) if "dhcp" in keys else None
+    if vlan and dhcp:
+        raise UsageError(f"{prefix}: dhcp addresses are for the public network, not a VLAN")
+    mac = _mac(f"{prefix}:mac", keys["mac"]) if "mac" in keys else None
+    return NicSpec(index=index, model=model, mac=mac, vlan=vlan, dhcp=dhcp)
