@@ -1,0 +1,76 @@
+"""The benchmarks in bench/ still run: each one's core, with tiny parameters,
+must produce sane figures (so that ``make bench`` does not rot unnoticed).
+
+These check that the figures exist and are plausible, not how fast anything
+is: the machine is shared and the sizes are too small to mean much.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _bench(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
+    # bench/ is not a package; its scripts import their helper as ``_common``.
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module(name)
+
+
+def test_wrk_output_is_parsed_with_its_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    common = _bench(monkeypatch, "_common")
+    output = """Running 2s test @ http://127.0.0.1:1/
+  1 threads and 4 connections
+  Latency Distribution
+     50%  635.00us
+     75%  712.00us
+     90%    1.02ms
+     99%    2.01s
+  12345 requests in 2.00s, 1.23MB read
+  Non-2xx or 3xx responses: 5
+  Socket errors: connect 1, read 0, write 0, timeout 2
+Requests/sec:   6172.50
+Transfer/sec:    615.00KB
+"""
+    r = common.parse_wrk(output)
+    assert (r.requests, r.rps, r.errors) == (12345, 6172.5, 8)
+    assert r.p50_ms == pytest.approx(0.635)
+    assert r.p99_ms == pytest.approx(2010.0)
+
+
+def test_api_bench_runs_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench_api = _bench(monkeypatch, "bench_api")
+    runs, ceiling = bench_api.main(small=True)
+    assert [m.label for m in runs] == [
+        "overcast GET /drives/D/info",
+        "overcast GET /drives/info (10)",
+        "overcast GET /drives/info (100)",
+    ]
+    for m in [*runs, ceiling]:
+        r = m.result
+        assert r.requests > 0 and r.rps > 0 and r.errors == 0, m
+        assert 0 < r.p50_ms <= r.p99_ms, m
+    # A constant answer from the same framework must beat any real call.
+    assert all(ceiling.result.rps > m.result.rps for m in runs)
+
+
+def test_transfer_bench_runs_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench_transfer = _bench(monkeypatch, "bench_transfer")
+    figures = bench_transfer.main(small=True)
+    assert figures.size == 16 << 20
+    for step in ("cp", "cp+fsync", "upload", "gzip upload", "cat", "download"):
+        assert figures.seconds[step] > 0 and figures.mb_s(step) > 0, step
+    assert 0 < figures.gzip_bytes < figures.size
+    assert list(figures.rss_kib) == [
+        "after start",
+        "after upload",
+        "after gzip upload",
+        "after downloads",
+    ]
+    peaks = list(figures.rss_kib.values())
+    assert peaks[0] > 0 and peaks == sorted(peaks)  # a high-water mark never falls
