@@ -37,9 +37,16 @@ class Cloud:
         await asyncio.to_thread(migrate, settings.store)
         cloud = cls(settings)
         if background:
-            await cloud.imager.resume()
+            try:
+                await cloud.imager.resume()
+            except BaseException:
+                await cloud.close()
+                raise
         return cloud
 
     async def close(self) -> None:
-        await self.imager.close()
-        await self.store.close()
+        """Stop the background work, then the store (whatever the first does)."""
+        try:
+            await self.imager.close()
+        finally:
+            await self.store.close()

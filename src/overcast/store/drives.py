@@ -84,8 +84,10 @@ async def insert_drive(conn: AsyncConnection, drive: Drive) -> None:
     )
 
 
-async def get_drive(conn: AsyncConnection, uuid: str) -> Drive | None:
-    row = (await conn.execute(drives.select().where(drives.c.uuid == uuid))).first()
+async def get_drive(conn: AsyncConnection, uuid: str, *, lock: bool = False) -> Drive | None:
+    """The drive; ``lock`` holds its row until commit (see :mod:`overcast.store.engine`)."""
+    query = drives.select().where(drives.c.uuid == uuid)
+    row = (await conn.execute(query.with_for_update() if lock else query)).first()
     if row is None:
         return None
     return _drive(row, tuple((await _claims_of(conn, [uuid])).get(uuid, ())))

@@ -27,9 +27,10 @@ users = sa.Table(
     sa.Column("key_digest", sa.String(64), nullable=False, unique=True),
     sa.Column("admin", sa.Boolean, nullable=False, default=False),
     sa.Column("quota_drive_bytes", sa.BigInteger),
-    sa.Column("quota_servers", sa.Integer),
-    sa.Column("quota_cpu", sa.Integer),
-    sa.Column("quota_mem", sa.Integer),
+    # The API accepts quotas up to 2**40: wider than PostgreSQL's INTEGER.
+    sa.Column("quota_servers", sa.BigInteger),
+    sa.Column("quota_cpu", sa.BigInteger),
+    sa.Column("quota_mem", sa.BigInteger),
     sa.Column("created", sa.Float, nullable=False),
 )
 
@@ -60,12 +61,15 @@ drives = sa.Table(
 )
 
 #: A drive attached to a server. An exclusive claim is the only row for its
-#: drive; the check-and-insert happens in one write transaction.
+#: drive; the check-and-insert happens in one write transaction, which on
+#: PostgreSQL must first lock the drive's row (``get_drive(..., lock=True)``):
+#: the primary key stops only one server claiming a drive twice.
 claims = sa.Table(
     "claims",
     metadata,
     sa.Column("drive", sa.String(36), sa.ForeignKey("drives.uuid"), primary_key=True),
-    sa.Column("server", sa.String(36), primary_key=True),
+    # Indexed on its own: a server's claims are released by server.
+    sa.Column("server", sa.String(36), primary_key=True, index=True),
     sa.Column("device", sa.String(16), nullable=False),
     sa.Column("exclusive", sa.Boolean, nullable=False),
 )
@@ -82,7 +86,7 @@ ips = sa.Table(
     "ips",
     metadata,
     sa.Column("address", sa.String(45), primary_key=True),
-    sa.Column("pool", sa.String(64), sa.ForeignKey("ip_pools.cidr"), nullable=False),
+    sa.Column("pool", sa.String(64), sa.ForeignKey("ip_pools.cidr"), nullable=False, index=True),
     sa.Column("user", sa.String(36), sa.ForeignKey("users.uuid"), nullable=False, index=True),
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("tags", sa.Text, nullable=False, default=""),

@@ -56,8 +56,12 @@ async def user_by_digest(conn: AsyncConnection, digest: str) -> User | None:
     return _user(row) if row else None
 
 
-async def get_user(conn: AsyncConnection, uuid: str) -> User | None:
-    row = (await conn.execute(users.select().where(users.c.uuid == uuid))).first()
+async def get_user(conn: AsyncConnection, uuid: str, *, lock: bool = False) -> User | None:
+    """The user; ``lock`` holds its row until commit, which serializes the
+    quota checks of concurrent writes for one user (see :mod:`overcast.store.engine`).
+    """
+    query = users.select().where(users.c.uuid == uuid)
+    row = (await conn.execute(query.with_for_update() if lock else query)).first()
     return _user(row) if row else None
 
 

@@ -23,9 +23,9 @@ def upgrade() -> None:
         sa.Column("key_digest", sa.String(64), nullable=False),
         sa.Column("admin", sa.Boolean, nullable=False),
         sa.Column("quota_drive_bytes", sa.BigInteger),
-        sa.Column("quota_servers", sa.Integer),
-        sa.Column("quota_cpu", sa.Integer),
-        sa.Column("quota_mem", sa.Integer),
+        sa.Column("quota_servers", sa.BigInteger),
+        sa.Column("quota_cpu", sa.BigInteger),
+        sa.Column("quota_mem", sa.BigInteger),
         sa.Column("created", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("uuid", name="pk_users"),
         sa.UniqueConstraint("key_digest", name="uq_users_key_digest"),
@@ -64,6 +64,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("drive", "server", name="pk_claims"),
         sa.ForeignKeyConstraint(["drive"], ["drives.uuid"], name="fk_claims_drive_drives"),
     )
+    op.create_index("ix_claims_server", "claims", ["server"])
     op.create_table(
         "ip_pools",
         sa.Column("cidr", sa.String(64), nullable=False),
@@ -84,6 +85,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["pool"], ["ip_pools.cidr"], name="fk_ips_pool_ip_pools"),
         sa.ForeignKeyConstraint(["user"], ["users.uuid"], name="fk_ips_user_users"),
     )
+    op.create_index("ix_ips_pool", "ips", ["pool"])
     op.create_index("ix_ips_user", "ips", ["user"])
     op.create_table(
         "vlans",
