@@ -35,7 +35,8 @@ def _offset(key: str, value: str) -> int:
 
 async def list_drives(request: Request) -> Response:
     user = await caller(request)
-    return reply_list(request, "drive", [d.uuid for d in await _cloud(request).drives.of_user(user)])
+    drives = await _cloud(request).drives.of_user(user)
+    return reply_list(request, "drive", [d.uuid for d in drives])
 
 
 async def info_all(request: Request) -> Response:
@@ -91,21 +92,44 @@ async def read(request: Request) -> Response:
     user = await caller(request)
     offset = _offset("offset", request.path_params["offset"])
     size = parse_size("size", request.path_params["size"])
-    chunks = await _cloud(request).drives.read(user, request.path_params["drive"], offset, size)
-    return StreamingResponse(chunks, media_type="application/octet-stream")
+    drives = _cloud(request).drives
+    length, chunks = await drives.read(user, request.path_params["drive"], offset, size)
+    return StreamingResponse(
+        chunks,
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(length)},
+    )
 
 
 async def write(request: Request) -> Response:
+    """Raw bytes, or gzip with ``Content-Encoding: gzip``.
+
+    A plain body's length is checked against the drive before anything is
+    written; a gzip body's only as it expands.
+    """
     user = await caller(request)
     offset = _offset("offset", request.path_params.get("offset", "0"))
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
         raise UsageError(f"unsupported Content-Encoding {encoding[:40]!r} (gzip or none)")
     body: AsyncIterator[bytes] = request.stream()
+    length = None
     if encoding == "gzip":
         body = _gunzip(body)
-    await _cloud(request).drives.write(user, request.path_params["drive"], offset, body)
+    else:
+        length = _content_length(request)
+    drive = request.path_params["drive"]
+    await _cloud(request).drives.write(user, drive, offset, body, length=length)
     return no_content()
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise UsageError(f"malformed Content-Length {value[:40]!r}")
+    return int(value)
 
 
 async def _gunzip(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -3,13 +3,24 @@
 The job's state lives on the destination's row (``imaging``, its source and
 whether to gunzip), written in the transaction that queued it, so a restart
 finds every unfinished job and runs it again from the start: a copy is
-idempotent. Progress is written back every half second.
+idempotent, and it replaces the destination only once complete, so an
+interrupted or failed job leaves the destination as it was.
+
+``imaging`` reads ``queued`` while a job waits for a slot, then ``NN%``
+(written when the copy starts and every :data:`PROGRESS_EVERY` seconds),
+and disappears when the job ends. A failed job is logged and its
+``imaging`` cleared (see ``_run``).
+
+Stopping (``close``) cancels the jobs; each copy thread is told to stop and
+awaited, so shutdown is prompt even in the middle of a large copy, and the
+jobs stay queued for the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from overcast.host.pool import Pool
 from overcast.hypervisor import image
@@ -17,9 +28,12 @@ from overcast.model.errors import OvercastError
 from overcast.store import Store
 from overcast.store import drives as rows
 
-__all__ = ["Imager"]
+__all__ = ["PROGRESS_EVERY", "Imager"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between progress updates in the store.
+PROGRESS_EVERY = 0.25
 
 
 class Imager:
@@ -36,9 +50,12 @@ class Imager:
             task.add_done_callback(lambda _t: self._tasks.pop(dest, None))
 
     async def resume(self) -> None:
-        """Restart the jobs a previous run left unfinished."""
-        async with self.store.read() as conn:
+        """Restart the jobs a previous run left unfinished, from the start."""
+        async with self.store.write() as conn:
             pending = await rows.pending_images(conn)
+            for dest, _source, _gunzip in pending:
+                # Its old percentage no longer means anything.
+                await rows.set_imaging(conn, dest, "queued")
         for dest, source, gunzip in pending:
             log.info("resuming imaging of %s from %s", dest, source)
             self.start(dest, source, gunzip)
@@ -56,41 +73,58 @@ class Imager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, dest: str, source: str, gunzip: bool) -> None:
-        async with self._slots:
-            async with self.store.read() as conn:
-                drive = await rows.get_drive(conn, dest)
-            if drive is None:
-                return
-            fraction = 0.0
-
-            def progress(value: float) -> None:
-                nonlocal fraction
-                fraction = value
-
-            copy = asyncio.create_task(
-                asyncio.to_thread(
-                    image.copy_image,
-                    self.pool.path(source),
-                    self.pool.path(dest),
-                    gunzip=gunzip,
-                    limit=drive.size,
-                    progress=progress,
-                )
-            )
-            try:
-                while not copy.done():
-                    await asyncio.wait([copy], timeout=0.5)
-                    shown = f"{min(int(fraction * 100), 99)}%"
-                    async with self.store.write() as conn:
-                        await rows.set_imaging(conn, dest, shown)
-                copy.result()
-            except OvercastError as err:
-                log.error("imaging %s from %s failed: %s", dest, source, err)
-            except OSError as err:
-                log.error("imaging %s from %s failed: %s", dest, source, err)
-            except asyncio.CancelledError:
-                # Shutting down: leave the job queued for the next start.
-                await asyncio.gather(copy, return_exceptions=True)
-                raise
+        # Cancellation (shutdown) passes through: the job stays queued.
+        try:
+            async with self._slots:
+                await self._copy(dest, source, gunzip)
+        except OvercastError as err:
+            log.error("imaging %s from %s failed: %s", dest, source, err.message)
+        except Exception:
+            log.exception("imaging %s from %s failed", dest, source)
+        else:
+            log.info("imaged %s from %s", dest, source)
+        try:
             async with self.store.write() as conn:
                 await rows.set_imaging(conn, dest, None)
+        except Exception:
+            # The next start finds the job still pending and runs it again.
+            log.exception("could not mark the imaging of %s finished", dest)
+
+    async def _copy(self, dest: str, source: str, gunzip: bool) -> None:
+        async with self.store.write() as conn:
+            drive = await rows.get_drive(conn, dest)
+            if drive is None:
+                return
+            await rows.set_imaging(conn, dest, "0%")
+        fraction = 0.0
+        stop = threading.Event()
+
+        def progress(value: float) -> None:
+            nonlocal fraction
+            fraction = value
+
+        copy = asyncio.create_task(
+            asyncio.to_thread(
+                image.copy_image,
+                self.pool.path(source),
+                self.pool.path(dest),
+                gunzip=gunzip,
+                limit=drive.size,
+                progress=progress,
+                stop=stop,
+            )
+        )
+        shown = "0%"
+        try:
+            while not (await asyncio.wait([copy], timeout=PROGRESS_EVERY))[0]:
+                now = f"{min(int(fraction * 100), 99)}%"
+                if now != shown:
+                    async with self.store.write() as conn:
+                        await rows.set_imaging(conn, dest, now)
+                    shown = now
+        finally:
+            if not copy.done():
+                # Cancelled, or the store failed: stop the thread, not just wait.
+                stop.set()
+                await asyncio.gather(copy, return_exceptions=True)
+        copy.result()

@@ -118,6 +118,9 @@ _READ_ONLY = frozenset(
         "read:requests",
         "write:bytes",
         "write:requests",
+        "media",
+        "format",
+        "rawsize",
     }
 )
 
