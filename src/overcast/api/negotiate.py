@@ -33,16 +33,30 @@ _TEXT = "text/plain; charset=utf-8"
 
 
 def wants_json(request: Request) -> bool:
-    return _JSON in request.headers.get("accept", "")
+    """Media types are case-insensitive (RFC 9110), so the match is too."""
+    return _JSON in request.headers.get("accept", "").lower()
+
+
+def _is_json(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == _JSON
 
 
 async def read_keys(request: Request) -> Keys:
+    """The request's keys, decoded as its ``Content-Type`` says.
+
+    A body over :data:`MAX_BODY` is refused as soon as that is known: from
+    ``Content-Length`` before reading, else (chunked) once that much came.
+    """
+    too_large = UsageError(f"request body is larger than {MAX_BODY} bytes")
+    length = request.headers.get("content-length", "")
+    if length.isdecimal() and (len(length) > 18 or int(length) > MAX_BODY):
+        raise too_large
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY:
-            raise UsageError(f"request body is larger than {MAX_BODY} bytes")
-    if request.headers.get("content-type", "").split(";")[0].strip() == _JSON:
+            raise too_large
+    if _is_json(request):
         return decode_json(bytes(body))
     return decode_text(bytes(body))
 

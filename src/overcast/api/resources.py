@@ -1,4 +1,9 @@
-"""``/resources/…`` routes: IP addresses and VLANs."""
+"""``/resources/…`` routes: IP addresses and VLANs.
+
+``create`` takes what ``set`` takes (``name``, ``tags``, ``user:*``), as
+drives do; API.md names only ``name``, but a client that tags everything it
+makes should not need a second call.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from overcast.api.auth import caller
-from overcast.api.negotiate import no_content, read_keys, reply
+from overcast.api.negotiate import no_content, read_keys, reply, wants_json
 from overcast.cluster.cloud import Cloud
 from overcast.model.codec import Record, encode_json
-from overcast.model.errors import UsageError
-from overcast.model.keys import parse_name
 from overcast.model.resource import (
     ResourceType,
     ip_info,
@@ -61,7 +64,7 @@ async def list_(request: Request) -> Response:
     for rtype in _types(request):
         for record in await _infos(request, user, rtype):
             pairs.append({"type": rtype.value, "resource": record["resource"]})
-    if "application/json" in request.headers.get("accept", ""):
+    if wants_json(request):
         return Response(encode_json(pairs), media_type="application/json")
     text = "".join(f"{p['type']} {p['resource']}\n" for p in pairs)
     return Response(text, media_type="text/plain; charset=utf-8")
@@ -83,15 +86,11 @@ async def info(request: Request) -> Response:
 async def create(request: Request) -> Response:
     user = await caller(request)
     rtype = parse_resource_type(request.path_params["type"])
-    keys = await read_keys(request)
-    unknown = set(keys) - {"name"}
-    if unknown:
-        raise UsageError(f"unknown key {sorted(unknown)[0]}")
-    name = parse_name("name", keys["name"]) if "name" in keys else None
+    changes = parse_resource_changes(await read_keys(request))
     resources = _cloud(request).resources
     if rtype is ResourceType.IP:
-        return reply(request, ip_info(await resources.create_ip(user, name)))
-    return reply(request, vlan_info(await resources.create_vlan(user, name)))
+        return reply(request, ip_info(await resources.create_ip(user, changes)))
+    return reply(request, vlan_info(await resources.create_vlan(user, changes)))
 
 
 async def set_(request: Request) -> Response:

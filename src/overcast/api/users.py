@@ -1,4 +1,9 @@
-"""``/user/info`` for everyone; ``/users/…`` for admins."""
+"""``/user/info`` for everyone; ``/users/…`` for admins.
+
+To anyone else every ``/users/…`` call is ``404 missing``, whatever the
+method: so the privileged calls' changing routes take GET too and answer
+``405 method`` only once the caller is known to be an admin.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,25 @@ from overcast.api.auth import admin, caller
 from overcast.api.negotiate import no_content, read_keys, reply, reply_list
 from overcast.cluster.cloud import Cloud
 from overcast.model.codec import Record
-from overcast.model.errors import UsageError
-from overcast.model.keys import parse_bool
-from overcast.model.user import User, parse_quota, quota_info
+from overcast.model.errors import MethodError
+from overcast.model.user import User, parse_user_changes, parse_user_spec, quota_info
 
 __all__ = ["routes", "user_info"]
 
 READ = ["GET", "POST"]
-CHANGE = ["POST"]
 
 
 def _cloud(request: Request) -> Cloud:
     cloud: Cloud = request.app.state.cloud
     return cloud
+
+
+async def _admin_change(request: Request) -> User:
+    """The admin caller of a changing call, which must be a POST."""
+    user = await admin(request)
+    if request.method != "POST":
+        raise MethodError(f"{request.url.path} needs POST")
+    return user
 
 
 def user_info(user: User) -> Record:
@@ -55,28 +66,23 @@ async def info(request: Request) -> Response:
 
 async def create(request: Request) -> Response:
     """The reply carries ``secret``: the only time the key is ever shown."""
-    await admin(request)
-    keys = await read_keys(request)
-    unknown = set(keys) - {"name", "admin"}
-    if unknown:
-        raise UsageError(f"unknown key {sorted(unknown)[0]}")
-    if "name" not in keys:
-        raise UsageError("missing key name")
-    is_admin = parse_bool("admin", keys["admin"]) if "admin" in keys else False
-    user, secret = await _cloud(request).users.create(keys["name"], admin=is_admin)
+    await _admin_change(request)
+    spec = parse_user_spec(await read_keys(request))
+    user, secret = await _cloud(request).users.create(spec.name, admin=spec.admin, quota=spec.quota)
     return reply(request, {**user_info(user), "secret": secret})
 
 
 async def set_(request: Request) -> Response:
-    await admin(request)
+    await _admin_change(request)
+    keys = await read_keys(request)
     users = _cloud(request).users
     user = await users.get(request.path_params["user"])
-    quota = parse_quota(await read_keys(request), user.quota)
+    quota = parse_user_changes(keys, user)
     return reply(request, user_info(await users.set_quota(user.uuid, quota)))
 
 
 async def destroy(request: Request) -> Response:
-    me_ = await admin(request)
+    me_ = await _admin_change(request)
     await _cloud(request).users.destroy(request.path_params["user"], caller=me_)
     return no_content()
 
@@ -85,8 +91,8 @@ routes = [
     Route("/user/info", me, methods=READ),
     Route("/users/list", list_, methods=READ),
     Route("/users/info", info_all, methods=READ),
-    Route("/users/create", create, methods=CHANGE),
+    Route("/users/create", create, methods=READ),
     Route("/users/{user}/info", info, methods=READ),
-    Route("/users/{user}/set", set_, methods=CHANGE),
-    Route("/users/{user}/destroy", destroy, methods=CHANGE),
+    Route("/users/{user}/set", set_, methods=READ),
+    Route("/users/{user}/destroy", destroy, methods=READ),
 ]

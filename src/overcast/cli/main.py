@@ -14,6 +14,7 @@ from typing import Annotated, TypeVar
 
 import typer
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from overcast.api.app import build_app
 from overcast.cluster.cloud import Cloud
@@ -46,7 +47,25 @@ StoreOpt = Annotated[
 ADMIN_FILE = "admin.txt"
 
 
+def _fail(message: str) -> typer.Exit:
+    """Print one ``error: …`` line on stderr; the caller raises the result."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _store_problem(err: SQLAlchemyError) -> str:
+    """The driver's own words (first line), not SQLAlchemy's wrapper and link."""
+    cause = getattr(err, "orig", None) or err
+    lines = str(cause).strip().splitlines()
+    return f"store: {lines[0] if lines else type(cause).__name__}"
+
+
 def _run(settings: Settings, action: Callable[[Cloud], Awaitable[T]]) -> T:
+    """Open the cloud, act, close it; an operator's mistake (a bad argument,
+    an unreachable store, a missing file) is one ``error:`` line and exit
+    status 1, never a traceback.
+    """
+
     async def main() -> T:
         cloud = await Cloud.open(settings, background=False)
         try:
@@ -57,13 +76,24 @@ def _run(settings: Settings, action: Callable[[Cloud], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except OvercastError as err:
-        typer.echo(f"error: {err.message}", err=True)
-        raise typer.Exit(1) from None
+        raise _fail(err.message) from None
+    except SQLAlchemyError as err:
+        raise _fail(_store_problem(err)) from None
+    except (OSError, ValueError) as err:
+        # A file that vanished or cannot be read; a store URL of no known kind.
+        raise _fail(str(err)) from None
+
+
+def _settings(data: Path | None, listen: str | None = None, store: str | None = None) -> Settings:
+    try:
+        return load_settings(data=data, listen=listen, store=store)
+    except (ValueError, OSError) as err:
+        raise _fail(f"configuration: {err}") from None
 
 
 @admin.callback()
 def admin_options(ctx: typer.Context, data: DataOpt = None, store: StoreOpt = None) -> None:
-    ctx.obj = load_settings(data=data, store=store)
+    ctx.obj = _settings(data, store=store)
 
 
 @user_cmd.command("create")
@@ -118,7 +148,7 @@ def serve(
     store: StoreOpt = None,
 ) -> None:
     """Run the all-in-one cloud (manager and local host)."""
-    settings = load_settings(data=data, listen=listen, store=store)
+    settings = _settings(data, listen, store)
     setup_logging()
     created = _run(settings, _first_admin)
     creds = settings.data / ADMIN_FILE

@@ -1,8 +1,14 @@
-"""Users and authentication."""
+"""Users and authentication.
+
+UUIDs from requests are normalised (lower case) before any lookup or
+change, so that every spelling of one UUID names the same user.
+"""
 
 from __future__ import annotations
 
 import hmac
+
+from sqlalchemy.exc import IntegrityError
 
 from overcast.model.errors import AuthError, BusyError, MissingError, UsageError
 from overcast.model.keys import parse_name, parse_uuid
@@ -27,13 +33,17 @@ class UserService:
             raise AuthError("wrong user UUID or secret key")
         return user
 
-    async def create(self, name: str, *, admin: bool = False) -> tuple[User, str]:
+    async def create(
+        self, name: str, *, admin: bool = False, quota: Quota | None = None
+    ) -> tuple[User, str]:
         """A new user and its secret key (shown once, stored only hashed)."""
+        name = parse_name("name", name)
         key = new_key()
         async with self.store.write() as conn:
-            user = await rows.insert_user(
-                conn, parse_name("name", name), digest_key(key), admin=admin
-            )
+            user = await rows.insert_user(conn, name, digest_key(key), admin=admin)
+            if quota is not None and quota != user.quota:
+                await rows.set_quota(conn, user.uuid, quota)
+                user = User(user.uuid, user.name, user.admin, quota)
         return user, key
 
     async def get(self, uuid: str) -> User:
@@ -52,23 +62,31 @@ class UserService:
             return await rows.count_users(conn, admin=True)
 
     async def set_quota(self, uuid: str, quota: Quota) -> User:
-        await self.get(uuid)
+        user = await self.get(uuid)
         async with self.store.write() as conn:
-            await rows.set_quota(conn, uuid, quota)
-        return await self.get(uuid)
+            await rows.set_quota(conn, user.uuid, quota)
+        return await self.get(user.uuid)
 
     async def rotate_key(self, uuid: str) -> str:
-        await self.get(uuid)
+        user = await self.get(uuid)
         key = new_key()
         async with self.store.write() as conn:
-            await rows.set_user_key(conn, uuid, digest_key(key))
+            await rows.set_user_key(conn, user.uuid, digest_key(key))
         return key
 
     async def destroy(self, uuid: str, *, caller: User) -> None:
-        if uuid == caller.uuid:
+        """Delete a user who owns nothing any more (else :class:`BusyError`)."""
+        user = await self.get(uuid)
+        if user.uuid == caller.uuid:
             raise UsageError("an admin cannot destroy their own user")
-        await self.get(uuid)
-        async with self.store.write() as conn:
-            if owned := await rows.owned_kinds(conn, uuid):
-                raise BusyError(f"user {uuid} still owns {', '.join(owned)}; destroy them first")
-            await rows.delete_user(conn, uuid)
+        try:
+            async with self.store.write() as conn:
+                owned = await rows.owned_kinds(conn, user.uuid)
+                if not owned:
+                    await rows.delete_user(conn, user.uuid)
+        except IntegrityError:
+            # PostgreSQL: an object was created for the user after the check
+            # and its foreign key refused the delete.
+            owned = ["new objects"]
+        if owned:
+            raise BusyError(f"user {user.uuid} still owns {', '.join(owned)}; destroy them first")

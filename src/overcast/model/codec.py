@@ -8,21 +8,30 @@ out (JSON shows numbers as numbers; text shows them as digits).
 
 Text: one ``key value`` per line, the key runs to the first space, the value
 is the rest of the line. Several objects are separated by a blank line.
+
+Whatever either decoder accepts, both encoders can write and both decoders
+read back unchanged: so a value is one line of real text (no control
+character but tab, no Unicode line separator, no lone surrogate), whichever
+encoding it came in. Anything else is a :class:`UsageError` naming the key;
+no input makes a decoder raise anything else.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from overcast.model.errors import UsageError
 
 __all__ = [
+    "MAX_KEY",
     "MAX_KEYS",
     "MAX_VALUE",
     "Keys",
     "Record",
+    "check_value",
     "decode_json",
     "decode_text",
     "encode_json",
@@ -37,39 +46,80 @@ Record = Mapping[str, "str | int"]
 #: A key: lower-case word parts joined by colons; ``user:`` metadata may use
 #: any printable, spaceless characters after its prefix.
 _KEY = re.compile(r"[a-z][a-z0-9_]*(?::[a-z0-9_]+)*|user:[!-~]{1,64}")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: Characters no value may hold: C0 and C1 controls (tab excepted) and the
+#: Unicode line and paragraph separators, since any of them would end or
+#: split a line of the text encoding in some client's parser.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+#: Lone surrogates: Python strings may hold them (JSON ``"\ud800"``), UTF-8
+#: and therefore every store and client cannot.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+MAX_KEY = 80
 MAX_KEYS = 256
 MAX_VALUE = 4096
 
 
-def _check(key: str, value: str, keys: Keys) -> None:
-    if len(key) > 80 or not _KEY.fullmatch(key):
-        raise UsageError(f"malformed key {key[:80]!r}")
+def _check_key(key: str, keys: Keys) -> None:
+    if len(key) > MAX_KEY or not _KEY.fullmatch(key):
+        raise UsageError(f"malformed key {key[:MAX_KEY]!r}")
     if key in keys:
         raise UsageError(f"key {key} given twice")
-    if len(value) > MAX_VALUE:
-        raise UsageError(f"value of {key} is longer than {MAX_VALUE} characters")
-    if _CONTROL.search(value):
-        raise UsageError(f"value of {key} contains a control character")
     if len(keys) >= MAX_KEYS:
         raise UsageError(f"more than {MAX_KEYS} keys")
 
 
+def check_value(key: str, value: str) -> None:
+    """Raise :class:`UsageError` unless ``value`` fits on one text line.
+
+    The codec applies it to every decoded value; parsers of values that do
+    not come through the codec (command-line arguments) apply it too.
+    """
+    if len(value) > MAX_VALUE:
+        raise UsageError(f"value of {key} is longer than {MAX_VALUE} characters")
+    if _SURROGATE.search(value):
+        raise UsageError(f"value of {key} is not valid Unicode (lone surrogate)")
+    if _CONTROL.search(value):
+        raise UsageError(f"value of {key} contains a control character or line break")
+
+
 def decode_text(body: bytes) -> Keys:
-    """Decode one object from ``key value`` lines (blank lines ignored)."""
+    """Decode one object from ``key value`` lines (blank lines ignored).
+
+    Lines end at ``\n`` only (a ``\r`` before it is dropped): splitting on
+    every Unicode line boundary, as :meth:`str.splitlines` does, would cut a
+    value in two. A leading byte-order mark, as some editors write, is
+    skipped.
+    """
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise UsageError("request body is not UTF-8 text") from err
+        raise UsageError(f"request body is not UTF-8 text (byte {err.start})") from err
     keys: Keys = {}
-    for raw in text.splitlines():
-        line = raw.rstrip("\r")
+    for raw in text.split("\n"):
+        line = raw.removesuffix("\r")
         if not line.strip():
             continue
         key, _, value = line.partition(" ")
-        _check(key, value, keys)
+        _check_key(key, keys)
+        check_value(key, value)
         keys[key] = value
     return keys
+
+
+def _json_text(key: str, value: object) -> str:
+    """A JSON value in the text form the parsers take."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise UsageError(f"value of {key} must be a finite number")
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " ".join(value)
+    raise UsageError(f"value of {key} must be a string, number, boolean or list of strings")
 
 
 def decode_json(body: bytes) -> Keys:
@@ -84,20 +134,9 @@ def decode_json(body: bytes) -> Keys:
         raise UsageError("JSON body must be an object")
     keys: Keys = {}
     for key, value in data.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int | float):
-            if isinstance(value, float) and not value.is_integer():
-                text = repr(value)
-            else:
-                text = str(int(value))
-        elif isinstance(value, str):
-            text = value
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            text = " ".join(value)
-        else:
-            raise UsageError(f"value of {str(key)[:80]} must be a string, number or boolean")
-        _check(key, text, keys)
+        _check_key(key, keys)
+        text = _json_text(key, value)
+        check_value(key, text)
         keys[key] = text
     return keys
 

@@ -9,11 +9,13 @@ import re
 import uuid as _uuid
 from collections.abc import Mapping
 
+from overcast.model.codec import check_value
 from overcast.model.errors import UsageError
 
 __all__ = [
     "EVERYONE",
     "MAX_SIZE",
+    "MAX_TAG",
     "parse_bool",
     "parse_int",
     "parse_name",
@@ -29,9 +31,13 @@ EVERYONE = "ffffffff-ffff-ffff-ffff-ffffffffffff"
 #: Largest drive we accept: 64 TiB.
 MAX_SIZE = 64 << 40
 _SUFFIX = {"": 1, "k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"([0-9]{1,20})([kKMGT]?)")
+_SIZE = re.compile(r"([0-9]+)([kKMGT]?)")
+_INT = re.compile(r"-?[0-9]+")
+#: More digits than any limit we check needs; it keeps int() cheap (and under
+#: Python's 4300-digit guard) whatever a path or body holds.
+_MAX_DIGITS = 24
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_TAG = re.compile(r"[!-~]{1,64}")
+MAX_TAG = 64
 
 
 def parse_uuid(key: str, value: str) -> str:
@@ -43,31 +49,50 @@ def parse_uuid(key: str, value: str) -> str:
 
 
 def parse_uuid_list(key: str, value: str) -> tuple[str, ...]:
+    """Space-separated UUIDs, normalised, repeats dropped, order kept."""
     seen: dict[str, None] = {}
     for token in value.split():
         seen[parse_uuid(key, token)] = None
     return tuple(seen)
 
 
-def parse_size(key: str, value: str) -> int:
-    """Bytes, or a number with ``k``/``M``/``G``/``T`` (binary multiples)."""
+def parse_size(key: str, value: str, *, allow_zero: bool = False, limit: int = MAX_SIZE) -> int:
+    """Bytes, or a number with ``k``/``M``/``G``/``T`` (binary multiples).
+
+    Zero is refused unless ``allow_zero`` (a drive has a size; a quota may
+    be nothing at all). ``limit`` is the largest drive unless said otherwise.
+    """
     match = _SIZE.fullmatch(value.strip())
     if not match:
         raise UsageError(
             f"{key}: {value[:60]!r} is not a size (bytes, or a number with k, M, G, T)"
         )
-    size = int(match.group(1)) * _SUFFIX[match.group(2)]
-    if size <= 0:
+    digits, suffix = match.groups()
+    too_large = f"{key}: {value.strip()[:60]} is larger than the limit, {_human(limit)}"
+    if len(digits.lstrip("0")) > _MAX_DIGITS:
+        raise UsageError(too_large)
+    size = int(digits) * _SUFFIX[suffix]
+    if size == 0 and not allow_zero:
         raise UsageError(f"{key}: size must be positive")
-    if size > MAX_SIZE:
-        raise UsageError(f"{key}: {value} is larger than the 64 TiB limit")
+    if size > limit:
+        raise UsageError(too_large)
     return size
 
 
+def _human(size: int) -> str:
+    for suffix in "TGMk":
+        if size % _SUFFIX[suffix] == 0:
+            return f"{size // _SUFFIX[suffix]}{suffix}"
+    return str(size)
+
+
 def parse_int(key: str, value: str, low: int, high: int) -> int:
+    """A decimal integer in ``low..high``."""
     text = value.strip()
-    if not re.fullmatch(r"-?[0-9]{1,12}", text):
+    if not _INT.fullmatch(text):
         raise UsageError(f"{key}: {value[:60]!r} is not an integer")
+    if len(text.lstrip("-0")) > _MAX_DIGITS:
+        raise UsageError(f"{key}: {text[:60]}... is out of range {low}..{high}")
     number = int(text)
     if not low <= number <= high:
         raise UsageError(f"{key}: {number} is out of range {low}..{high}")
@@ -75,6 +100,7 @@ def parse_int(key: str, value: str, low: int, high: int) -> int:
 
 
 def parse_bool(key: str, value: str) -> bool:
+    """The spellings of yes and no that ElasticHosts-era clients send."""
     text = value.strip().lower()
     if text in ("true", "yes", "on", "1"):
         return True
@@ -84,6 +110,12 @@ def parse_bool(key: str, value: str) -> bool:
 
 
 def parse_name(key: str, value: str) -> str:
+    """A name: one line of up to 255 characters, surrounding blanks dropped.
+
+    Values from the codec are already one line; names from elsewhere (the
+    command line) are checked the same way here.
+    """
+    check_value(key, value)
     name = value.strip()
     if not name:
         raise UsageError(f"{key} must not be empty")
@@ -93,10 +125,14 @@ def parse_name(key: str, value: str) -> str:
 
 
 def parse_tags(key: str, value: str) -> tuple[str, ...]:
+    """Space-separated words of up to 64 printable characters; repeats dropped."""
+    check_value(key, value)
     tags: dict[str, None] = {}
     for tag in value.split():
-        if not _TAG.fullmatch(tag):
-            raise UsageError(f"{key}: tag {tag[:70]!r} is longer than 64 characters")
+        if len(tag) > MAX_TAG:
+            raise UsageError(f"{key}: tag {tag[:20]!r}... is longer than {MAX_TAG} characters")
+        if not tag.isprintable():
+            raise UsageError(f"{key}: tag {tag!r} contains an unprintable character")
         tags[tag] = None
     return tuple(tags)
 

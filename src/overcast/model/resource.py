@@ -61,7 +61,9 @@ class Vlan:
 
 @dataclass(frozen=True)
 class ResourceChanges:
-    """``name``, ``tags`` and ``user:*``: the keys a resource's owner sets."""
+    """``name``, ``tags`` and ``user:*``: the keys a resource's owner sets,
+    on create as on set. None means "leave as is" (on create: the default).
+    """
 
     name: str | None = None
     tags: tuple[str, ...] | None = None
@@ -72,6 +74,11 @@ _READ_ONLY = frozenset({"resource", "type", "user", "netmask", "gateway", "names
 
 
 def parse_resource_changes(keys: Keys) -> ResourceChanges:
+    """Validate the keys of ``create`` or ``set``.
+
+    What info shows (``resource``, ``type``, ...) may be sent back and is
+    ignored, as for drives, so that an edited info record is valid input.
+    """
     for key in keys:
         if key not in ("name", "tags") and key not in _READ_ONLY and not key.startswith("user:"):
             raise UsageError(f"unknown key {key}")
