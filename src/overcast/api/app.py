@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from overcast.api import drives, resources, users
-from overcast.api.errors import handle_error, handle_http, handle_unexpected
+from overcast.api.errors import UnexpectedErrors, handle_error, handle_http
 from overcast.api.requestid import RequestIdMiddleware
 from overcast.cluster.cloud import Cloud
 from overcast.config import Settings
@@ -33,11 +33,10 @@ def build_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=[*drives.routes, *resources.routes, *users.routes],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(UnexpectedErrors)],
         exception_handlers={
             OvercastError: handle_error,
             HTTPException: handle_http,
-            Exception: handle_unexpected,
         },
         lifespan=lifespan,
     )

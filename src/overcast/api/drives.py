@@ -10,7 +10,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from overcast.api.auth import caller
-from overcast.api.negotiate import no_content, read_keys, reply, reply_list
+from overcast.api.negotiate import no_content, read_keys, reply, reply_list, reply_many
 from overcast.cluster.cloud import Cloud
 from overcast.hypervisor.image import GzipStream
 from overcast.model.drive import drive_info, parse_drive_changes, parse_drive_spec
@@ -41,7 +41,7 @@ async def list_drives(request: Request) -> Response:
 
 async def info_all(request: Request) -> Response:
     user = await caller(request)
-    return reply(request, [drive_info(d) for d in await _cloud(request).drives.of_user(user)])
+    return await reply_many(request, await _cloud(request).drives.of_user(user), drive_info)
 
 
 async def list_standard(request: Request) -> Response:
@@ -52,7 +52,7 @@ async def list_standard(request: Request) -> Response:
 
 async def info_standard(request: Request) -> Response:
     await caller(request)
-    return reply(request, [drive_info(d) for d in await _cloud(request).drives.list_standard()])
+    return await reply_many(request, await _cloud(request).drives.list_standard(), drive_info)
 
 
 async def info(request: Request) -> Response:

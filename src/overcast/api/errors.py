@@ -9,11 +9,12 @@ import logging
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from overcast.api.requestid import current_request_id
 from overcast.model.errors import Kind, OvercastError
 
-__all__ = ["STATUS", "error_response", "handle_error", "handle_http", "handle_unexpected"]
+__all__ = ["STATUS", "UnexpectedErrors", "error_response", "handle_error", "handle_http"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,31 @@ async def handle_http(request: Request, exc: Exception) -> Response:
     return error_response(Kind.USAGE, str(exc.detail))
 
 
-async def handle_unexpected(_request: Request, exc: Exception) -> Response:
-    rid = current_request_id()
-    log.exception("internal error in request %s", rid, exc_info=exc)
-    return error_response(Kind.SYSTEM, f"internal error; request id {rid}")
+class UnexpectedErrors:
+    """Turns a bug's exception into ``500 system`` with the request id.
+
+    A middleware inside :class:`RequestIdMiddleware` rather than Starlette's
+    ``Exception`` handler: that one runs outermost, after the request id is
+    gone, and re-raises, which drops the client's keep-alive connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            rid = current_request_id()
+            log.exception("internal error in request %s", rid)
+            if started:
+                raise
+            response = error_response(Kind.SYSTEM, f"internal error; request id {rid}")
+            await response(scope, receive, send)

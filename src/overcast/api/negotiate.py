@@ -7,7 +7,9 @@ application/json`` means a JSON body, anything else is text;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,7 +26,17 @@ from overcast.model.codec import (
 )
 from overcast.model.errors import UsageError
 
-__all__ = ["MAX_BODY", "no_content", "read_keys", "reply", "reply_list", "wants_json"]
+T = TypeVar("T")
+
+__all__ = [
+    "MAX_BODY",
+    "no_content",
+    "read_keys",
+    "reply",
+    "reply_list",
+    "reply_many",
+    "wants_json",
+]
 
 #: Largest key/value body we read (drive data goes through streaming calls).
 MAX_BODY = 1 << 20
@@ -65,6 +77,22 @@ def reply(request: Request, records: Record | Sequence[Record]) -> Response:
     if wants_json(request):
         return Response(encode_json(records), media_type=_JSON)
     return Response(encode_text(records), media_type=_TEXT)
+
+
+#: Lists longer than this are rendered in a worker thread.
+_BIG = 200
+
+
+async def reply_many(
+    request: Request, items: Sequence[T], render: Callable[[T], Record]
+) -> Response:
+    """Render a list of objects; a long one off the event loop so that one
+    user's 10,000 drives do not stall everyone else's requests."""
+
+    def work() -> Response:
+        return reply(request, [render(item) for item in items])
+
+    return await asyncio.to_thread(work) if len(items) > _BIG else work()
 
 
 def reply_list(request: Request, field: str, values: Sequence[str]) -> Response:

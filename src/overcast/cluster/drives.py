@@ -22,8 +22,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from overcast.cluster.imaging import Imager
 from overcast.host.pool import Pool
 from overcast.hypervisor import image
@@ -41,6 +39,7 @@ from overcast.model.user import User
 from overcast.store import Store
 from overcast.store import drives as rows
 from overcast.store import users as user_rows
+from overcast.store.engine import Tx
 
 __all__ = ["DriveService"]
 
@@ -76,11 +75,11 @@ class DriveService:
         return drive
 
     async def of_user(self, user: User) -> list[Drive]:
-        async with self.store.read() as conn:
+        async with self.store.read(big=True) as conn:
             return await rows.list_drives(conn, user.uuid)
 
     async def list_standard(self) -> list[Drive]:
-        async with self.store.read() as conn:
+        async with self.store.read(big=True) as conn:
             return await rows.list_drives(conn, None)
 
     # -- changes ---------------------------------------------------------
@@ -139,9 +138,7 @@ class DriveService:
                     await rows.update_drive(conn, current.uuid, **values)
         return await self.owned(user, uuid)
 
-    async def _check_resizable(
-        self, conn: AsyncConnection, drive: Drive, user: User, size: int
-    ) -> None:
+    async def _check_resizable(self, conn: Tx, drive: Drive, user: User, size: int) -> None:
         _check_idle(drive, "resized")
         await _check_not_a_source(conn, drive.uuid, "resized")
         # Shrinking is always allowed, even for a user already over quota.
@@ -314,7 +311,7 @@ def _check_idle(drive: Drive, verb: str) -> None:
         )
 
 
-async def _check_quota(conn: AsyncConnection, user: User, freed: int, added: int) -> None:
+async def _check_quota(conn: Tx, user: User, freed: int, added: int) -> None:
     """Whether the user's drives may grow by ``added - freed`` bytes.
 
     The user's row is locked first, so that concurrent creates and resizes
@@ -325,7 +322,7 @@ async def _check_quota(conn: AsyncConnection, user: User, freed: int, added: int
     quota.check("drive_bytes", await rows.drive_bytes_used(conn, user.uuid) - freed, added)
 
 
-async def _check_not_a_source(conn: AsyncConnection, uuid: str, verb: str) -> None:
+async def _check_not_a_source(conn: Tx, uuid: str, verb: str) -> None:
     """An unfinished imaging job reads this drive: it must stay as it is."""
     for dest, source, _gunzip in await rows.pending_images(conn):
         if source == uuid:

@@ -12,7 +12,6 @@ import uuid as _uuid
 from collections.abc import Iterator, Mapping
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overcast.model.errors import BusyError, FullError, MissingError, UsageError
 from overcast.model.keys import parse_uuid
@@ -20,6 +19,7 @@ from overcast.model.resource import Ip, ResourceChanges, Vlan
 from overcast.model.user import User
 from overcast.store import Store
 from overcast.store import resources as rows
+from overcast.store.engine import Tx
 
 __all__ = ["ResourceService"]
 
@@ -164,7 +164,7 @@ class ResourceService:
             await rows.delete_vlan(conn, vlan.uuid)
 
 
-async def _free_address(conn: AsyncConnection) -> tuple[str, str]:
+async def _free_address(conn: Tx) -> tuple[str, str]:
     """A free address and its pool's CIDR, or :class:`FullError`."""
     for pool in await rows.list_pools(conn):
         taken = await rows.allocated_in(conn, pool.cidr)

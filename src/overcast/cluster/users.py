@@ -7,6 +7,7 @@ change, so that every spelling of one UUID names the same user.
 from __future__ import annotations
 
 import hmac
+import time
 
 from sqlalchemy.exc import IntegrityError
 
@@ -19,15 +20,37 @@ from overcast.store import users as rows
 __all__ = ["UserService"]
 
 
+#: How long a successful authentication is remembered. Changes made in this
+#: process forget it at once; changes by another process (the CLI, another
+#: manager) show within this many seconds.
+AUTH_TTL = 2.0
+_AUTH_CACHE_MAX = 10_000
+
+
 class UserService:
     def __init__(self, store: Store) -> None:
         self.store = store
+        # Every request authenticates: remembering recent successes saves a
+        # store transaction on the API's hottest path.
+        self._known: dict[str, tuple[User, float]] = {}
+
+    def _forget(self) -> None:
+        self._known.clear()
 
     async def authenticate(self, uuid: str, key: str) -> User:
         """The user whose UUID and secret key these are, or :class:`AuthError`."""
         digest = digest_key(key)
-        async with self.store.read() as conn:
-            user = await rows.user_by_digest(conn, digest)
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and known[1] > now:
+            user: User | None = known[0]
+        else:
+            async with self.store.read() as conn:
+                user = await rows.user_by_digest(conn, digest)
+            if user is not None:
+                if len(self._known) >= _AUTH_CACHE_MAX:
+                    self._known.clear()
+                self._known[digest] = (user, now + AUTH_TTL)
         # The digest lookup finds the key; the UUID must match too.
         if user is None or not hmac.compare_digest(user.uuid, uuid.lower()):
             raise AuthError("wrong user UUID or secret key")
@@ -65,6 +88,7 @@ class UserService:
         user = await self.get(uuid)
         async with self.store.write() as conn:
             await rows.set_quota(conn, user.uuid, quota)
+        self._forget()
         return await self.get(user.uuid)
 
     async def rotate_key(self, uuid: str) -> str:
@@ -72,6 +96,7 @@ class UserService:
         key = new_key()
         async with self.store.write() as conn:
             await rows.set_user_key(conn, user.uuid, digest_key(key))
+        self._forget()
         return key
 
     async def destroy(self, uuid: str, *, caller: User) -> None:
@@ -84,6 +109,7 @@ class UserService:
                 owned = await rows.owned_kinds(conn, user.uuid)
                 if not owned:
                     await rows.delete_user(conn, user.uuid)
+            self._forget()
         except IntegrityError:
             # PostgreSQL: an object was created for the user after the check
             # and its foreign key refused the delete.

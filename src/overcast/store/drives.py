@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overcast.model.drive import ClaimType, Drive, LibraryFormat, Media
+from overcast.store.engine import Tx
 from overcast.store.rows import join_words, now, split_words
 from overcast.store.tables import claims, drives
 
@@ -49,7 +50,7 @@ def _drive(row: Any, claimed: tuple[str, ...]) -> Drive:
     )
 
 
-async def _claims_of(conn: AsyncConnection, uuids: Iterable[str] | None) -> dict[str, list[str]]:
+async def _claims_of(conn: Tx, uuids: Iterable[str] | None) -> dict[str, list[str]]:
     query = sa.select(claims.c.drive, claims.c.server, claims.c.device)
     if uuids is not None:
         query = query.where(claims.c.drive.in_(list(uuids)))
@@ -59,7 +60,7 @@ async def _claims_of(conn: AsyncConnection, uuids: Iterable[str] | None) -> dict
     return found
 
 
-async def insert_drive(conn: AsyncConnection, drive: Drive) -> None:
+async def insert_drive(conn: Tx, drive: Drive) -> None:
     await conn.execute(
         drives.insert().values(
             uuid=drive.uuid,
@@ -84,39 +85,54 @@ async def insert_drive(conn: AsyncConnection, drive: Drive) -> None:
     )
 
 
-async def get_drive(conn: AsyncConnection, uuid: str, *, lock: bool = False) -> Drive | None:
+async def get_drive(conn: Tx, uuid: str, *, lock: bool = False) -> Drive | None:
     """The drive; ``lock`` holds its row until commit (see :mod:`overcast.store.engine`)."""
-    query = drives.select().where(drives.c.uuid == uuid)
-    row = (await conn.execute(query.with_for_update() if lock else query)).first()
-    if row is None:
+    # One round trip: the drive's row once per claim (or once, unclaimed).
+    query = (
+        sa.select(drives, claims.c.server, claims.c.device)
+        .outerjoin(claims, claims.c.drive == drives.c.uuid)
+        .where(drives.c.uuid == uuid)
+        .order_by(claims.c.server)
+    )
+    if lock:
+        query = query.with_for_update(of=drives)
+    found = (await conn.execute(query)).all()
+    if not found:
         return None
-    return _drive(row, tuple((await _claims_of(conn, [uuid])).get(uuid, ())))
+    claimed = tuple(f"{r.server}:{r.device}" for r in found if r.server is not None)
+    return _drive(found[0], claimed)
 
 
-async def list_drives(conn: AsyncConnection, user: str | None) -> list[Drive]:
-    """The user's drives, or the library's when ``user`` is None."""
+async def list_drives(conn: Tx, user: str | None) -> list[Drive]:
+    """The user's drives, or the library's when ``user`` is None.
+
+    Runs as one piece of work on the connection (off the event loop for a
+    ``big`` read): a user may have thousands of drives.
+    """
+    return await conn.run_sync(functools.partial(_list_drives, user=user))
+
+
+def _list_drives(conn: sa.Connection, *, user: str | None) -> list[Drive]:
     owner = drives.c.user.is_(None) if user is None else drives.c.user == user
-    rows = (
-        await conn.execute(drives.select().where(owner).order_by(drives.c.created, drives.c.uuid))
-    ).all()
     # One claims query for the whole list rather than one per drive.
-    if user is None:
-        claimed = await _claims_of(conn, [r.uuid for r in rows])
-    else:
-        query = sa.select(claims.c.drive, claims.c.server, claims.c.device).join(
-            drives, drives.c.uuid == claims.c.drive
-        )
-        claimed = defaultdict(list)
-        for c in await conn.execute(query.where(drives.c.user == user).order_by(claims.c.server)):
-            claimed[c.drive].append(f"{c.server}:{c.device}")
+    claimed: dict[str, list[str]] = defaultdict(list)
+    query = (
+        sa.select(claims.c.drive, claims.c.server, claims.c.device)
+        .join(drives, drives.c.uuid == claims.c.drive)
+        .where(owner)
+        .order_by(claims.c.server)
+    )
+    for c in conn.execute(query):
+        claimed[c.drive].append(f"{c.server}:{c.device}")
+    rows = conn.execute(drives.select().where(owner).order_by(drives.c.created, drives.c.uuid))
     return [_drive(r, tuple(claimed.get(r.uuid, ()))) for r in rows]
 
 
-async def claimed_by(conn: AsyncConnection, uuid: str) -> list[str]:
+async def claimed_by(conn: Tx, uuid: str) -> list[str]:
     return (await _claims_of(conn, [uuid])).get(uuid, [])
 
 
-async def update_drive(conn: AsyncConnection, uuid: str, **values: Any) -> None:
+async def update_drive(conn: Tx, uuid: str, **values: Any) -> None:
     if "claim_type" in values:
         values["claim_type"] = values["claim_type"].value
     for words in ("readers", "tags"):
@@ -127,17 +143,17 @@ async def update_drive(conn: AsyncConnection, uuid: str, **values: Any) -> None:
     await conn.execute(drives.update().where(drives.c.uuid == uuid).values(**values))
 
 
-async def delete_drive(conn: AsyncConnection, uuid: str) -> None:
+async def delete_drive(conn: Tx, uuid: str) -> None:
     await conn.execute(drives.delete().where(drives.c.uuid == uuid))
 
 
-async def drive_bytes_used(conn: AsyncConnection, user: str) -> int:
+async def drive_bytes_used(conn: Tx, user: str) -> int:
     query = sa.select(sa.func.coalesce(sa.func.sum(drives.c.size), 0)).where(drives.c.user == user)
     return int((await conn.execute(query)).scalar_one())
 
 
 async def set_imaging(
-    conn: AsyncConnection,
+    conn: Tx,
     uuid: str,
     progress: str | None,
     *,
@@ -153,7 +169,7 @@ async def set_imaging(
     await conn.execute(drives.update().where(drives.c.uuid == uuid).values(**values))
 
 
-async def pending_images(conn: AsyncConnection) -> list[tuple[str, str, bool]]:
+async def pending_images(conn: Tx) -> list[tuple[str, str, bool]]:
     """(destination, source, gunzip) of every queued or interrupted job."""
     rows = await conn.execute(
         sa.select(drives.c.uuid, drives.c.image_source, drives.c.image_gunzip)
@@ -163,7 +179,7 @@ async def pending_images(conn: AsyncConnection) -> list[tuple[str, str, bool]]:
     return [(r.uuid, r.image_source, r.image_gunzip) for r in rows]
 
 
-async def add_io(conn: AsyncConnection, uuid: str, *, read: int = 0, written: int = 0) -> None:
+async def add_io(conn: Tx, uuid: str, *, read: int = 0, written: int = 0) -> None:
     """Count a read or write request and its bytes."""
     await conn.execute(
         drives.update()

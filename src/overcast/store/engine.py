@@ -16,7 +16,7 @@ and a migration would not be atomic.
   immediate one takes the write lock first, so a writer in another process
   (the CLI while the server runs) simply waits up to ``busy_timeout``.
 
-PostgreSQL (psycopg 3, async) runs at READ COMMITTED. Reads are read-only
+PostgreSQL (psycopg 3) runs at READ COMMITTED. Reads are read-only
 transactions. A write that checks something and then acts on it (quota,
 exclusive claims) must lock the row the check depends on first
 (``lock=True`` on :func:`overcast.store.users.get_user` or
@@ -28,18 +28,22 @@ constraints: a lost race is an :class:`sqlalchemy.exc.IntegrityError`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ["Store", "async_url", "migrate", "sqlite_url"]
+__all__ = ["Store", "Tx", "migrate", "sqlite_url"]
+
+T = TypeVar("T")
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -55,21 +59,14 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def async_url(url: str) -> str:
-    """The asyncio driver for a store URL (``sqlite:`` → aiosqlite)."""
+def _sync_url(url: str) -> str:
+    """The driver for a store URL: ``sqlite3`` or psycopg 3."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
     if parsed.get_backend_name() == "postgresql":
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     raise ValueError(f"unsupported store URL {url!r}: use sqlite:/// or postgresql://")
-
-
-def _sync_url(url: str) -> str:
-    parsed = sa.make_url(async_url(url))
-    if parsed.get_backend_name() == "sqlite":
-        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
-    return parsed.render_as_string(hide_password=False)
 
 
 def _sqlite_transactions(
@@ -129,37 +126,123 @@ def migrate(url: str) -> None:
         engine.dispose()
 
 
+class Tx:
+    """One open transaction, as the store's functions see it.
+
+    ``execute`` is awaitable and returns a buffered result (rows already
+    fetched), so the store's functions read the same on both backends.
+    """
+
+    async def execute(
+        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
+    ) -> sa.Result[Any]:
+        raise NotImplementedError
+
+    async def run_sync(self, work: Callable[[sa.Connection], T]) -> T:
+        """Run ``work`` on the underlying connection, off the event loop when
+        the transaction is (for big reads: fetching and converting 10,000
+        rows should not stall every other request)."""
+        raise NotImplementedError
+
+
+class _SqliteTx(Tx):
+    def __init__(self, conn: sa.Connection, run: _Runner) -> None:
+        self._conn = conn
+        self._run = run
+
+    async def execute(
+        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
+    ) -> sa.Result[Any]:
+        result: sa.Result[Any] = await self._run(
+            functools.partial(_buffered, self._conn, statement, parameters)
+        )
+        return result
+
+    async def run_sync(self, work: Callable[[sa.Connection], T]) -> T:
+        result: T = await self._run(functools.partial(work, self._conn))
+        return result
+
+
+class _AsyncTx(Tx):
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def execute(
+        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
+    ) -> sa.Result[Any]:
+        return await self._conn.execute(statement, parameters)
+
+    async def run_sync(self, work: Callable[[sa.Connection], T]) -> T:
+        return await self._conn.run_sync(work)
+
+
+def _buffered(
+    conn: sa.Connection, statement: sa.Executable, parameters: Mapping[str, Any] | None
+) -> sa.Result[Any]:
+    result = conn.execute(statement, parameters)
+    if not result.returns_rows:
+        return result
+    rows: sa.Result[Any] = result.freeze()()
+    return rows
+
+
+_Runner = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+async def _inline(work: Callable[[], T]) -> T:
+    return work()
+
+
+async def _to_thread(work: Callable[[], T]) -> T:
+    return await asyncio.to_thread(work)
+
+
 class Store:
     """The open store: ``read()`` and ``write()`` transactions.
 
-    Holds connection pools; :meth:`close` them. Engines bind no event loop
-    until first used, so a Store may be made outside one.
+    How a statement reaches the database is chosen per backend, for speed.
+    SQLite (``sqlite3``): reads in WAL mode never wait for a lock and take
+    tens of microseconds, so they run inline on the event loop; a thread
+    hop per statement, which is what an asyncio driver such as aiosqlite
+    does, cost several times the query itself. Writes may wait for another
+    process's lock (``busy_timeout``), so they run on one dedicated writer
+    thread, which also keeps them serial. PostgreSQL: psycopg 3's native
+    asyncio connections; no threads at all, and a transaction waiting for
+    a row lock holds only a pooled connection.
+
+    Holds connection pools and a thread; :meth:`close` them.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        aurl = async_url(url)
-        self.dialect = sa.make_url(aurl).get_backend_name()
-        self._engines: tuple[AsyncEngine, ...]
+        surl = _sync_url(url)
+        self.dialect = sa.make_url(surl).get_backend_name()
+        self._engines: tuple[sa.Engine, ...] = ()
+        self._async: AsyncEngine | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="overcast-store"
+        )
         if self.dialect == "sqlite":
-            self._writer = create_async_engine(aurl, pool_size=1, max_overflow=0)
-            self._reader = create_async_engine(aurl, pool_size=4, max_overflow=4)
-            _sqlite_transactions(self._writer.sync_engine, begin="BEGIN IMMEDIATE")
-            _sqlite_transactions(self._reader.sync_engine, begin="BEGIN", query_only=True)
+            args = {"check_same_thread": False}
+            self._writer = sa.create_engine(surl, pool_size=1, max_overflow=0, connect_args=args)
+            # Unbounded overflow: reads run inline, so waiting for a free
+            # connection would block the very loop that returns them.
+            self._reader = sa.create_engine(surl, pool_size=8, max_overflow=-1, connect_args=args)
+            _sqlite_transactions(self._writer, begin="BEGIN IMMEDIATE")
+            _sqlite_transactions(self._reader, begin="BEGIN", query_only=True)
             self._engines = (self._writer, self._reader)
         else:
             # pre_ping: a server restart must not leave dead pooled
             # connections that fail the next request.
-            self._writer = create_async_engine(
-                aurl, pool_size=10, max_overflow=10, pool_pre_ping=True
+            self._async = create_async_engine(
+                surl, pool_size=10, max_overflow=10, pool_pre_ping=True
             )
             # Same pool; each read is a READ ONLY, REPEATABLE READ transaction:
             # one snapshot, as on SQLite (and read-only ones never fail to
             # serialize).
-            self._reader = self._writer.execution_options(
+            self._async_reader = self._async.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
-            self._engines = (self._writer,)
         # One writer at a time inside this process; other processes queue on
         # SQLite's lock (busy_timeout). PostgreSQL takes row locks instead.
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
@@ -170,29 +253,70 @@ class Store:
             contextvars.ContextVar(f"overcast-store-writer-{id(self)}", default=None)
         )
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """One read-only transaction: a consistent view, rolled back at the end."""
-        async with self._reader.connect() as conn:
-            yield conn
+    async def _threaded(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def _sqlite(self, engine: sa.Engine, run: _Runner, *, commit: bool) -> AsyncIterator[Tx]:
+        conn: sa.Connection = await run(engine.connect)
+        try:
+            await run(conn.begin)
+            yield _SqliteTx(conn, run)
+            if commit:
+                await run(conn.commit)
+        finally:
+            # Shielded: a cancelled request must still give its connection
+            # back, rolled back, or the single writer connection is lost.
+            await asyncio.shield(run(functools.partial(_close, conn)))
+
+    @asynccontextmanager
+    async def read(self, *, big: bool = False) -> AsyncIterator[Tx]:
+        """One read-only transaction: a consistent view, rolled back at the end.
+
+        ``big``: the read fetches many rows; on SQLite it then runs in a
+        worker thread instead of inline.
+        """
+        if self._async is None:
+            run = _to_thread if big else _inline
+            async with self._sqlite(self._reader, run, commit=False) as tx:
+                yield tx
+            return
+        async with self._async_reader.connect() as conn:
+            yield _AsyncTx(conn)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
         """One transaction: committed on success, rolled back on any error."""
         task = asyncio.current_task()
         if task is not None and self._writer_task.get() is task:
             raise RuntimeError("write() inside write(): use the open transaction")
         token = self._writer_task.set(task)
         try:
-            if self._write_lock is None:
-                async with self._writer.begin() as conn:
-                    yield conn
+            if self._async is not None:
+                async with self._async.begin() as conn:
+                    yield _AsyncTx(conn)
             else:
-                async with self._write_lock, self._writer.begin() as conn:
-                    yield conn
+                assert self._write_lock is not None
+                async with (
+                    self._write_lock,
+                    self._sqlite(self._writer, self._threaded, commit=True) as tx,
+                ):
+                    yield tx
         finally:
             self._writer_task.reset(token)
 
     async def close(self) -> None:
         for engine in self._engines:
-            await engine.dispose()
+            await self._threaded(engine.dispose)
+        if self._async is not None:
+            await self._async.dispose()
+        self._executor.shutdown(wait=True)
+
+
+def _close(conn: sa.Connection) -> None:
+    """Roll back whatever is still open and return the connection to its pool."""
+    try:
+        if conn.in_transaction():
+            conn.rollback()
+    finally:
+        conn.close()

@@ -6,9 +6,9 @@ import ipaddress
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overcast.model.resource import Ip, Vlan
+from overcast.store.engine import Tx
 from overcast.store.rows import join_words, now, split_words
 from overcast.store.tables import ip_pools, ips, vlans
 
@@ -44,18 +44,16 @@ class Pool:
         return str(self.network.netmask)
 
 
-async def add_pool(
-    conn: AsyncConnection, cidr: str, gateway: str | None, nameserver: str | None
-) -> None:
+async def add_pool(conn: Tx, cidr: str, gateway: str | None, nameserver: str | None) -> None:
     await conn.execute(ip_pools.insert().values(cidr=cidr, gateway=gateway, nameserver=nameserver))
 
 
-async def list_pools(conn: AsyncConnection) -> list[Pool]:
+async def list_pools(conn: Tx) -> list[Pool]:
     rows = await conn.execute(ip_pools.select().order_by(ip_pools.c.cidr))
     return [Pool(r.cidr, r.gateway, r.nameserver) for r in rows]
 
 
-async def allocated_in(conn: AsyncConnection, cidr: str) -> set[str]:
+async def allocated_in(conn: Tx, cidr: str) -> set[str]:
     rows = await conn.execute(sa.select(ips.c.address).where(ips.c.pool == cidr))
     return {r.address for r in rows}
 
@@ -80,7 +78,7 @@ def _ip_query() -> sa.Select[Any]:
     )
 
 
-async def insert_ip(conn: AsyncConnection, address: str, pool: str, user: str, name: str) -> None:
+async def insert_ip(conn: Tx, address: str, pool: str, user: str, name: str) -> None:
     await conn.execute(
         ips.insert().values(
             address=address, pool=pool, user=user, name=name, tags="", meta={}, created=now()
@@ -88,12 +86,12 @@ async def insert_ip(conn: AsyncConnection, address: str, pool: str, user: str, n
     )
 
 
-async def get_ip(conn: AsyncConnection, address: str) -> Ip | None:
+async def get_ip(conn: Tx, address: str) -> Ip | None:
     row = (await conn.execute(_ip_query().where(ips.c.address == address))).first()
     return _ip(row) if row else None
 
 
-async def list_ips(conn: AsyncConnection, user: str) -> list[Ip]:
+async def list_ips(conn: Tx, user: str) -> list[Ip]:
     rows = await conn.execute(
         _ip_query().where(ips.c.user == user).order_by(ips.c.created, ips.c.address)
     )
@@ -109,11 +107,11 @@ def _changes(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def update_ip(conn: AsyncConnection, address: str, **values: Any) -> None:
+async def update_ip(conn: Tx, address: str, **values: Any) -> None:
     await conn.execute(ips.update().where(ips.c.address == address).values(**_changes(values)))
 
 
-async def delete_ip(conn: AsyncConnection, address: str) -> None:
+async def delete_ip(conn: Tx, address: str) -> None:
     await conn.execute(ips.delete().where(ips.c.address == address))
 
 
@@ -123,27 +121,27 @@ def _vlan(row: Any) -> Vlan:
     )
 
 
-async def insert_vlan(conn: AsyncConnection, uuid: str, user: str, name: str) -> None:
+async def insert_vlan(conn: Tx, uuid: str, user: str, name: str) -> None:
     await conn.execute(
         vlans.insert().values(uuid=uuid, user=user, name=name, tags="", meta={}, created=now())
     )
 
 
-async def get_vlan(conn: AsyncConnection, uuid: str) -> Vlan | None:
+async def get_vlan(conn: Tx, uuid: str) -> Vlan | None:
     row = (await conn.execute(vlans.select().where(vlans.c.uuid == uuid))).first()
     return _vlan(row) if row else None
 
 
-async def list_vlans(conn: AsyncConnection, user: str) -> list[Vlan]:
+async def list_vlans(conn: Tx, user: str) -> list[Vlan]:
     rows = await conn.execute(
         vlans.select().where(vlans.c.user == user).order_by(vlans.c.created, vlans.c.uuid)
     )
     return [_vlan(r) for r in rows]
 
 
-async def update_vlan(conn: AsyncConnection, uuid: str, **values: Any) -> None:
+async def update_vlan(conn: Tx, uuid: str, **values: Any) -> None:
     await conn.execute(vlans.update().where(vlans.c.uuid == uuid).values(**_changes(values)))
 
 
-async def delete_vlan(conn: AsyncConnection, uuid: str) -> None:
+async def delete_vlan(conn: Tx, uuid: str) -> None:
     await conn.execute(vlans.delete().where(vlans.c.uuid == uuid))

@@ -6,9 +6,9 @@ import uuid as _uuid
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from overcast.model.user import Quota, User
+from overcast.store.engine import Tx
 from overcast.store.rows import now
 from overcast.store.tables import drives, ips, users, vlans
 
@@ -40,7 +40,7 @@ def _user(row: Any) -> User:
 
 
 async def insert_user(
-    conn: AsyncConnection, name: str, key_digest: str, *, admin: bool, uuid: str | None = None
+    conn: Tx, name: str, key_digest: str, *, admin: bool, uuid: str | None = None
 ) -> User:
     user = User(uuid=uuid or str(_uuid.uuid4()), name=name, admin=admin, quota=Quota())
     await conn.execute(
@@ -51,12 +51,12 @@ async def insert_user(
     return user
 
 
-async def user_by_digest(conn: AsyncConnection, digest: str) -> User | None:
+async def user_by_digest(conn: Tx, digest: str) -> User | None:
     row = (await conn.execute(users.select().where(users.c.key_digest == digest))).first()
     return _user(row) if row else None
 
 
-async def get_user(conn: AsyncConnection, uuid: str, *, lock: bool = False) -> User | None:
+async def get_user(conn: Tx, uuid: str, *, lock: bool = False) -> User | None:
     """The user; ``lock`` holds its row until commit, which serializes the
     quota checks of concurrent writes for one user (see :mod:`overcast.store.engine`).
     """
@@ -65,19 +65,19 @@ async def get_user(conn: AsyncConnection, uuid: str, *, lock: bool = False) -> U
     return _user(row) if row else None
 
 
-async def list_users(conn: AsyncConnection) -> list[User]:
+async def list_users(conn: Tx) -> list[User]:
     rows = await conn.execute(users.select().order_by(users.c.created, users.c.uuid))
     return [_user(r) for r in rows]
 
 
-async def count_users(conn: AsyncConnection, *, admin: bool | None = None) -> int:
+async def count_users(conn: Tx, *, admin: bool | None = None) -> int:
     query = sa.select(sa.func.count()).select_from(users)
     if admin is not None:
         query = query.where(users.c.admin == admin)
     return int((await conn.execute(query)).scalar_one())
 
 
-async def set_quota(conn: AsyncConnection, uuid: str, quota: Quota) -> None:
+async def set_quota(conn: Tx, uuid: str, quota: Quota) -> None:
     await conn.execute(
         users.update()
         .where(users.c.uuid == uuid)
@@ -90,15 +90,15 @@ async def set_quota(conn: AsyncConnection, uuid: str, quota: Quota) -> None:
     )
 
 
-async def set_user_key(conn: AsyncConnection, uuid: str, key_digest: str) -> None:
+async def set_user_key(conn: Tx, uuid: str, key_digest: str) -> None:
     await conn.execute(users.update().where(users.c.uuid == uuid).values(key_digest=key_digest))
 
 
-async def delete_user(conn: AsyncConnection, uuid: str) -> None:
+async def delete_user(conn: Tx, uuid: str) -> None:
     await conn.execute(users.delete().where(users.c.uuid == uuid))
 
 
-async def owned_kinds(conn: AsyncConnection, uuid: str) -> list[str]:
+async def owned_kinds(conn: Tx, uuid: str) -> list[str]:
     """Which kinds of object (drives, ips, vlans) the user still owns."""
     kinds = []
     for table in (drives, ips, vlans):
