@@ -18,7 +18,17 @@ setup-run:
 setup-test:
 	bash scripts/setup.sh test
 
+# The test guest (built by setup) as a library drive, and an address pool in
+# TEST-NET-1 (never routed), so that a fresh cloud can be used at once.
+GUEST_UUID := 6f766572-6361-4573-a774-67756573740a
+POOL ?= 192.0.2.0/24
+POOL_GATEWAY ?= 192.0.2.1
+
 run: setup-run
+	$(VENV)/bin/overcast admin --data $(DATA) drive import-standard build/guest/guest.img.gz \
+		--name "overcast test guest" --uuid $(GUEST_UUID) --exist-ok > /dev/null
+	$(VENV)/bin/overcast admin --data $(DATA) ip add-pool $(POOL) --gateway $(POOL_GATEWAY) \
+		--nameserver $(POOL_GATEWAY) --exist-ok > /dev/null
 	$(VENV)/bin/overcast serve --data $(DATA) --listen 127.0.0.1:$(PORT)
 
 lint: setup-test

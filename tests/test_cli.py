@@ -149,3 +149,24 @@ def test_unreachable_or_unknown_store(tmp_path: Path) -> None:
     done = overcast("admin", "--store", unknown, "user", "create", "x", cwd=tmp_path)
     _no_traceback(done, "")
     assert "mysql" in done.stderr or "store" in done.stderr
+
+
+def test_exist_ok_makes_make_run_repeatable(tmp_path: Path) -> None:
+    """``make run`` registers the guest and a pool on every start: the second
+    time must succeed and change nothing; without --exist-ok it is refused."""
+    data = str(tmp_path / "var")
+    image = tmp_path / "guest.img"
+    image.write_bytes(b"\x01" * 4096)
+    uuid = "6f766572-6361-4573-a774-67756573740a"
+    imp = ("admin", "--data", data, "drive", "import-standard", str(image), "--name", "g")
+    first = overcast(*imp, "--uuid", uuid, "--exist-ok")
+    assert first.returncode == 0, first.stderr
+    again = overcast(*imp, "--uuid", uuid, "--exist-ok")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout
+    _no_traceback(overcast(*imp, "--uuid", uuid), f"drive {uuid} exists already")
+
+    pool = ("admin", "--data", data, "ip", "add-pool", "192.0.2.0/24")
+    assert overcast(*pool, "--exist-ok").returncode == 0
+    assert overcast(*pool, "--exist-ok").returncode == 0
+    _no_traceback(overcast(*pool), "overlaps the pool 192.0.2.0/24")

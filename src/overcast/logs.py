@@ -39,3 +39,5 @@ def setup_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Alembic narrates every migration step at INFO; only problems matter.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -21,7 +21,7 @@ from overcast.cluster.cloud import Cloud
 from overcast.config import Settings, load_settings
 from overcast.logs import setup_logging
 from overcast.model.codec import encode_text
-from overcast.model.drive import Media, drive_info
+from overcast.model.drive import Drive, Media, drive_info
 from overcast.model.errors import OvercastError
 
 __all__ = ["app"]
@@ -114,10 +114,18 @@ def drive_import(
     name: Annotated[str, typer.Option("--name", help="The drive's name.")],
     uuid: Annotated[str | None, typer.Option("--uuid", help="Fixed UUID.")] = None,
     media: Annotated[Media, typer.Option("--media", help="disk or cdrom.")] = Media.DISK,
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="Succeed if a library drive with --uuid exists.")
+    ] = False,
 ) -> None:
     """Register a library drive (gzip or raw file), readable by everyone."""
-    drive = _run(ctx.obj, lambda c: c.drives.import_standard(file, name, uuid=uuid, media=media))
-    typer.echo(encode_text(drive_info(drive)), nl=False)
+
+    async def work(cloud: Cloud) -> Drive:
+        if exist_ok and uuid and (known := await cloud.drives.standard(uuid)) is not None:
+            return known
+        return await cloud.drives.import_standard(file, name, uuid=uuid, media=media)
+
+    typer.echo(encode_text(drive_info(_run(ctx.obj, work))), nl=False)
 
 
 @ip_cmd.command("add-pool")
@@ -126,9 +134,18 @@ def ip_add_pool(
     cidr: str,
     gateway: Annotated[str | None, typer.Option("--gateway")] = None,
     nameserver: Annotated[str | None, typer.Option("--nameserver")] = None,
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="Succeed if exactly this pool exists.")
+    ] = False,
 ) -> None:
     """Add an address range that users' IPs are drawn from."""
-    _run(ctx.obj, lambda c: c.resources.add_pool(cidr, gateway, nameserver))
+
+    async def work(cloud: Cloud) -> None:
+        if exist_ok and cidr.strip() in await cloud.resources.pools():
+            return
+        await cloud.resources.add_pool(cidr, gateway, nameserver)
+
+    _run(ctx.obj, work)
     typer.echo(f"pool {cidr}")
 
 

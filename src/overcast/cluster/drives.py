@@ -253,6 +253,11 @@ class DriveService:
 
     # -- the library (operator) ------------------------------------------
 
+    async def standard(self, uuid: str) -> Drive | None:
+        """The library drive ``uuid``, if there is one."""
+        drive = await self._find(uuid)
+        return drive if drive is not None and drive.standard else None
+
     async def import_standard(
         self, file: Path, name: str, *, uuid: str | None = None, media: Media = Media.DISK
     ) -> Drive:

@@ -57,6 +57,11 @@ class ResourceService:
 
     # -- operator ----------------------------------------------------------
 
+    async def pools(self) -> list[str]:
+        """The operator's pools, as CIDR strings."""
+        async with self.store.read() as conn:
+            return [pool.cidr for pool in await rows.list_pools(conn)]
+
     async def add_pool(self, cidr: str, gateway: str | None, nameserver: str | None) -> None:
         """Add a range users' addresses are drawn from.
 
