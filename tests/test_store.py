@@ -24,10 +24,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from overcast.model.drive import ClaimType, Drive, LibraryFormat, Media
 from overcast.model.resource import Ip, Vlan
+from overcast.model.server import Server, ServerStatus
 from overcast.model.user import Quota, User
 from overcast.store import Store, migrate
 from overcast.store import drives as drive_rows
 from overcast.store import resources as resource_rows
+from overcast.store import servers as server_rows
 from overcast.store import users as user_rows
 from overcast.store.tables import claims, metadata
 from pg import fresh_database
@@ -87,6 +89,19 @@ async def add_drive(store: Store, drive: Drive) -> Drive:
     async with store.write() as conn:
         await drive_rows.insert_drive(conn, drive)
     return drive
+
+
+async def add_servers(store: Store, user: User, count: int) -> list[str]:
+    """Servers for claims to name (a claim's server is a foreign key)."""
+    config = {"name": "s", "cpu": "100", "mem": "64"}
+    servers = [
+        Server(str(_uuid.uuid4()), user.uuid, config, ServerStatus.ACTIVE, "local")
+        for _ in range(count)
+    ]
+    async with store.write() as conn:
+        for server in servers:
+            await server_rows.insert_server(conn, server)
+    return [server.uuid for server in servers]
 
 
 async def fetch_drive(store: Store, uuid: str) -> Drive | None:
@@ -369,7 +384,7 @@ async def test_claims_show_as_claimed(store: Store) -> None:
     shared = await add_drive(store, new_drive(ann.uuid, claim_type=ClaimType.SHARED))
     idle = await add_drive(store, new_drive(ann.uuid))
     library = await add_drive(store, new_drive(None, claim_type=ClaimType.SHARED))
-    servers = sorted(str(_uuid.uuid4()) for _ in range(2))
+    servers = sorted(await add_servers(store, ann, 2))
     async with store.write() as conn:
         await conn.execute(
             claims.insert(),

@@ -23,9 +23,11 @@ from sqlalchemy.exc import IntegrityError
 
 from overcast.model.drive import Drive
 from overcast.model.errors import QuotaError
+from overcast.model.server import Server, ServerStatus
 from overcast.model.user import Quota, User
 from overcast.store import Store, migrate
 from overcast.store import drives as drive_rows
+from overcast.store import servers as server_rows
 from overcast.store import users as user_rows
 from overcast.store.tables import claims
 from pg import fresh_database
@@ -65,6 +67,15 @@ async def counters(store: Store, uuid: str) -> tuple[int, int]:
         drive = await drive_rows.get_drive(conn, uuid)
     assert drive is not None
     return drive.read_bytes, drive.read_requests
+
+
+async def add_server(store: Store, user: User) -> str:
+    """A server for claims to name (a claim's server is a foreign key)."""
+    config = {"name": "s", "cpu": "100", "mem": "64"}
+    server = Server(str(_uuid.uuid4()), user.uuid, config, ServerStatus.ACTIVE, "local")
+    async with store.write() as conn:
+        await server_rows.insert_server(conn, server)
+    return server.uuid
 
 
 class Boom(Exception):
@@ -180,7 +191,7 @@ async def test_quota_checks_are_serialized_by_the_user_lock(store: Store) -> Non
 async def test_a_drive_claimed_twice_by_one_server_fails(store: Store) -> None:
     ann = await add_user(store)
     drive = await add_drive(store, ann)
-    server = str(_uuid.uuid4())
+    server = await add_server(store, ann)
     claim = {"drive": drive.uuid, "server": server, "device": "ide:0:0", "exclusive": True}
     async with store.write() as conn:
         await conn.execute(claims.insert(), claim)
@@ -194,7 +205,7 @@ async def test_a_drive_claimed_twice_by_one_server_fails(store: Store) -> None:
 async def test_concurrent_claims_of_one_pair_one_wins(store: Store) -> None:
     ann = await add_user(store)
     drive = await add_drive(store, ann)
-    server = str(_uuid.uuid4())
+    server = await add_server(store, ann)
 
     async def claim(device: str) -> None:
         async with store.write() as conn:

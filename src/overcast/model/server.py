@@ -8,6 +8,7 @@ answers only "is this a well-formed server configuration".
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import math
 import re
@@ -15,7 +16,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from overcast.model.codec import Keys
+from overcast.model.codec import Keys, Record
 from overcast.model.drive import Media
 from overcast.model.errors import UsageError
 from overcast.model.keys import (
@@ -32,11 +33,15 @@ __all__ = [
     "MHZ_PER_CORE",
     "Bus",
     "DeviceSpec",
+    "Nic",
     "NicModel",
     "NicSpec",
+    "Server",
     "ServerSpec",
+    "ServerStatus",
     "new_mac",
     "parse_server_spec",
+    "server_info",
 ]
 
 #: ``smp auto`` gives one vCPU per this much ``cpu``.
@@ -290,3 +295,129 @@ def _nic(index: int, keys: dict[str, str]) -> NicSpec:
         raise UsageError(f"{prefix}: dhcp addresses are for the public network, not a VLAN")
     mac = _mac(f"{prefix}:mac", keys["mac"]) if "mac" in keys else None
     return NicSpec(index=index, model=model, mac=mac, vlan=vlan, dhcp=dhcp)
+
+
+# -- the stored server and its info ---------------------------------------------
+
+
+class ServerStatus(enum.Enum):
+    """Where a server is in its life, as the store records it.
+
+    Only ``active`` and ``stopped`` are the user's business: ``starting`` is
+    a create between its transaction and the guest running (the reconciler
+    finishes or undoes it after a crash) and ``paused`` is the guest's vCPUs
+    held by the infrastructure.
+    """
+
+    STARTING = "starting"
+    ACTIVE = "active"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+
+
+#: What info shows for each status: a paused guest is still the owner's
+#: running server (moving it is invisible, DESIGN.md promise 3).
+_SHOWN_STATUS = {
+    ServerStatus.STARTING: "starting",
+    ServerStatus.ACTIVE: "active",
+    ServerStatus.STOPPED: "stopped",
+    ServerStatus.PAUSED: "active",
+}
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A NIC as realised: what its :class:`NicSpec` asked for, with the MAC
+    fixed (generated when none was given, then kept for the server's life)
+    and ``ip``, the public address in use, if any."""
+
+    index: int
+    model: NicModel
+    mac: str
+    vlan: str | None = None
+    ip: str | None = None
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server as the store holds it.
+
+    ``config`` is the configuration as validated: the one record of what the
+    user asked for, from which :attr:`spec` is parsed again (for info, and
+    to start the guest again after a stop or a restart). The other fields
+    are what running it decided: the host, the NICs' MACs and addresses, the
+    VNC port.
+    """
+
+    uuid: str
+    user: str
+    config: Mapping[str, str]
+    status: ServerStatus
+    host: str
+    nics: tuple[Nic, ...] = ()
+    started: float | None = None
+    vnc_ip: str | None = None
+    vnc_port: int | None = None
+
+    @functools.cached_property
+    def spec(self) -> ServerSpec:
+        """The configuration parsed; cached, as a list of servers may be long."""
+        return parse_server_spec(dict(self.config))
+
+
+def server_info(server: Server) -> Record:
+    """The info record, without the I/O counters (the service adds those).
+
+    Every configuration key is shown, so an info record sent back as input
+    describes the same server (what parsing ignores, it ignores).
+    """
+    spec = server.spec
+    info: dict[str, str | int] = {
+        "server": server.uuid,
+        "user": server.user,
+        "name": spec.name,
+        "status": _SHOWN_STATUS[server.status],
+    }
+    if server.started is not None:
+        info["started"] = int(server.started)
+    info.update(cpu=spec.cpu, mem=spec.mem, smp=spec.smp, persistent=str(spec.persistent).lower())
+    for device in spec.devices:
+        info[device.name] = device.drive
+        info[f"{device.name}:media"] = device.media.value
+    if spec.boot:
+        info["boot"] = " ".join(spec.boot)
+    configured = {nic.index: nic for nic in spec.nics}
+    for nic in server.nics:
+        prefix = f"nic:{nic.index}"
+        info[f"{prefix}:model"] = nic.model.value
+        dhcp = configured[nic.index].dhcp if nic.index in configured else None
+        if dhcp is not None:
+            info[f"{prefix}:dhcp"] = dhcp
+        if nic.ip is not None:
+            info[f"{prefix}:dhcp:ip"] = nic.ip
+        if nic.vlan is not None:
+            info[f"{prefix}:vlan"] = nic.vlan
+        info[f"{prefix}:mac"] = nic.mac
+    # vnc:ip is where to connect while the guest runs, else as configured
+    # ("auto" or an address), the spelling older clients send too.
+    if server.vnc_port is not None and server.vnc_ip is not None:
+        info["vnc:ip"] = server.vnc_ip
+        info["vnc:port"] = server.vnc_port
+    elif spec.vnc is not None:
+        info["vnc:ip"] = spec.vnc
+    if spec.vnc_password is not None:
+        info["vnc:password"] = spec.vnc_password
+    if spec.vnc_tls:
+        info["vnc:tls"] = "on"
+    if spec.tags:
+        info["tags"] = " ".join(spec.tags)
+    if spec.avoid_drives:
+        info["avoid:drives"] = " ".join(spec.avoid_drives)
+    if spec.avoid_servers:
+        info["avoid:servers"] = " ".join(spec.avoid_servers)
+    if spec.callback_exit is not None:
+        info["callback:exit"] = spec.callback_exit
+    if spec.host is not None:
+        info["host"] = spec.host
+    info.update(spec.meta)
+    return info

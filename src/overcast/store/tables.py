@@ -2,13 +2,17 @@
 
 Space-separated lists (``readers``, ``tags``) are stored as the text the API
 shows; free ``user:*`` metadata is a JSON object.
+
+What one server holds lives in rows that name it with a cascading foreign
+key (its claims, its NICs): deleting the server's row releases them in the
+same statement, so no path can forget one.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["claims", "drives", "ip_pools", "ips", "metadata", "users", "vlans"]
+__all__ = ["claims", "drives", "ip_pools", "ips", "metadata", "nics", "servers", "users", "vlans"]
 
 metadata = sa.MetaData(
     naming_convention={
@@ -60,16 +64,23 @@ drives = sa.Table(
     sa.Column("created", sa.Float, nullable=False),
 )
 
-#: A drive attached to a server. An exclusive claim is the only row for its
-#: drive; the check-and-insert happens in one write transaction, which on
-#: PostgreSQL must first lock the drive's row (``get_drive(..., lock=True)``):
-#: the primary key stops only one server claiming a drive twice.
+#: A drive attached to a running server. An exclusive claim is the only row
+#: for its drive; the check-and-insert happens in one write transaction,
+#: which on PostgreSQL must first lock the drive's row
+#: (``get_drive(..., lock=True)``): the primary key stops only one server
+#: claiming a drive twice. Deleting the server deletes its claims.
 claims = sa.Table(
     "claims",
     metadata,
     sa.Column("drive", sa.String(36), sa.ForeignKey("drives.uuid"), primary_key=True),
     # Indexed on its own: a server's claims are released by server.
-    sa.Column("server", sa.String(36), primary_key=True, index=True),
+    sa.Column(
+        "server",
+        sa.String(36),
+        sa.ForeignKey("servers.uuid", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
     sa.Column("device", sa.String(16), nullable=False),
     sa.Column("exclusive", sa.Boolean, nullable=False),
 )
@@ -103,4 +114,65 @@ vlans = sa.Table(
     sa.Column("tags", sa.Text, nullable=False, default=""),
     sa.Column("meta", sa.JSON, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
+)
+
+#: A server's definition and where it runs. ``config`` is the configuration
+#: as validated (the key/value mapping :func:`overcast.model.server.parse_server_spec`
+#: accepts): the one source of everything the user configured. ``name``,
+#: ``persistent``, ``cpu``, ``mem`` and ``smp`` repeat what it says, written
+#: from it by the same statement, so that quota and capacity are SQL sums.
+servers = sa.Table(
+    "servers",
+    metadata,
+    sa.Column("uuid", sa.String(36), primary_key=True),
+    sa.Column("user", sa.String(36), sa.ForeignKey("users.uuid"), nullable=False, index=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("persistent", sa.Boolean, nullable=False),
+    sa.Column("cpu", sa.Integer, nullable=False),
+    sa.Column("mem", sa.Integer, nullable=False),
+    sa.Column("smp", sa.Integer, nullable=False),
+    # The host's id ("local" in the all-in-one cloud). No index of its own:
+    # the unique (host, vnc_port) index below starts with it.
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),
+    # The VNC server's address and TCP port while the guest has one.
+    sa.Column("vnc_ip", sa.String(45)),
+    sa.Column("vnc_port", sa.Integer),
+    sa.Column("started", sa.Float),
+    sa.Column("created", sa.Float, nullable=False),
+    # One VNC port per host; NULLs (no VNC) never collide.
+    sa.UniqueConstraint("host", "vnc_port", name="uq_servers_host_vnc_port"),
+)
+
+#: A server's NICs as realised: the MAC fixed (generated when the
+#: configuration gave none) and the public address in use. The constraints
+#: are the guarantees the create path leans on: a MAC once per network, an
+#: address in use by one NIC at most, and no VLAN deleted while a NIC is on
+#: it (the foreign key).
+nics = sa.Table(
+    "nics",
+    metadata,
+    sa.Column(
+        "server",
+        sa.String(36),
+        sa.ForeignKey("servers.uuid", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("slot", sa.Integer, primary_key=True),
+    sa.Column("model", sa.String(16), nullable=False),
+    sa.Column("mac", sa.String(17), nullable=False),
+    # NULL: the public network.
+    sa.Column("vlan", sa.String(36), sa.ForeignKey("vlans.uuid")),
+    # ``vlan`` again, with '' for the public network: NULLs never collide
+    # in a unique index, so the (network, mac) index needs a value there.
+    # (A partial unique index would do too, but SQLAlchemy reflects its
+    # condition as an object that cannot be compared.)
+    sa.Column("network", sa.String(36), nullable=False),
+    # Not a foreign key to ``ips``: ``nic:0:dhcp auto`` may use an address
+    # nobody owns.
+    sa.Column("ip", sa.String(45), unique=True),
+    # Also the index for lookups by network.
+    sa.UniqueConstraint("network", "mac", name="uq_nics_network_mac"),
+    sa.CheckConstraint("network = COALESCE(vlan, '')", name="ck_nics_network"),
 )

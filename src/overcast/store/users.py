@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from overcast.model.user import Quota, User
 from overcast.store.engine import Tx
 from overcast.store.rows import now
-from overcast.store.tables import drives, ips, users, vlans
+from overcast.store.tables import drives, ips, servers, users, vlans
 
 __all__ = [
     "count_users",
@@ -99,9 +99,12 @@ async def delete_user(conn: Tx, uuid: str) -> None:
 
 
 async def owned_kinds(conn: Tx, uuid: str) -> list[str]:
-    """Which kinds of object (drives, ips, vlans) the user still owns."""
+    """Which kinds of object (servers, drives, ips, vlans) the user still owns.
+
+    Servers first: their claims are what keeps drives busy.
+    """
     kinds = []
-    for table in (drives, ips, vlans):
+    for table in (servers, drives, ips, vlans):
         query = sa.select(sa.func.count()).select_from(table).where(table.c.user == uuid)
         if (await conn.execute(query)).scalar_one():
             kinds.append(table.name)
