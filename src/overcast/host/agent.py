@@ -1,13 +1,36 @@
 """The host agent: this machine's guests, started, supervised and adopted.
 
 It owns what runs here and nothing else: it does not know users, claims
-or quotas (the manager decided those before asking). Each guest has a run
-directory named after its server; QEMU is daemonized, so guests outlive
-the agent, and a restarted agent adopts them from those directories.
+or quotas (the manager decided those before asking). It turns a
+:class:`GuestSpec` plus one network per NIC into taps on bridges, a VNC
+display and a QEMU (through :class:`QemuDriver`), watches every guest until
+it ends, and tells the ``on_exit`` sink.
+
+Each guest has a run directory named after its server. QEMU is daemonized,
+so guests outlive the agent; the directory is what lets a new agent run take
+them back (:meth:`HostAgent.adopt_all`) and is the agent's only memory:
+
+* ``agent.json`` — the taps and VNC address the agent chose, written before
+  any tap or QEMU exists, so that whatever a crash leaves can be undone;
+* ``ended.json`` — how and when the guest ended, written as soon as the end
+  is seen and before it is reported, so a report that fails (or an agent
+  that dies while reporting) is retried by the next run with the true facts;
+* QEMU's own files (:class:`overcast.hypervisor.argv.RunFiles`).
+
+The directory is removed once its guest's end has been reported. Beside the
+run directories the agent touches a ``heartbeat`` file every second: a
+guest that ended while no agent ran was alive when the last agent last beat,
+which bounds when it ended (see :class:`GuestEnd`).
 
 Every guest end — power-off from inside, a kill, a crash, or an end that
-happened while the agent was down — is reported exactly once per agent
-run to the ``on_exit`` sink. The manager makes its processing idempotent.
+happened while no agent ran — is reported exactly once per agent run; the
+manager makes its processing idempotent, since a run that dies mid-report
+reports again next time. A start that fails leaves nothing behind (no
+process, no tap, no run directory) and reports nothing.
+
+Not here: the QEMU command line and QMP (``overcast.hypervisor``), how the
+manager reaches this agent (:mod:`overcast.host.client`), servers' records,
+claims and events (the manager's).
 """
 
 from __future__ import annotations
@@ -15,30 +38,71 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import json
 import logging
+import os
+import re
 import shutil
+import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from overcast.hypervisor import net
+from overcast.hypervisor.argv import RunFiles
+from overcast.hypervisor.process import find_qemu
 from overcast.hypervisor.qemu import GuestHandle, QemuDriver
 from overcast.hypervisor.spec import GuestExit, GuestInfo, GuestSpec, VncSpec
-from overcast.model.errors import BusyError, MissingError, OvercastError
+from overcast.model.errors import (
+    BusyError,
+    FailedError,
+    FullError,
+    MissingError,
+    OvercastError,
+    UsageError,
+)
 
-__all__ = ["ExitSink", "GuestEnd", "HostAgent", "bridge_name", "tap_name"]
+__all__ = [
+    "UNOBSERVED",
+    "ExitSink",
+    "GuestEnd",
+    "HostAgent",
+    "RunningGuest",
+    "VncAddress",
+    "bridge_name",
+    "tap_name",
+]
 
 log = logging.getLogger(__name__)
 
-#: The bridge of the public network.
-PUBLIC_BRIDGE = "ocpub"
+#: The reason of an end that happened while no agent ran.
+UNOBSERVED = "unobserved"
 VNC_FIRST_DISPLAY = 100
+#: Seconds between heartbeats.
+HEARTBEAT_PERIOD = 1.0
+#: A tap name ends in the NIC's index as one digit.
+_MAX_NICS = 10
+_PREFIX = re.compile(r"[a-z][a-z0-9]{0,4}")
+_IFNAME_MAX = 15
+_RECORD = "agent.json"
+_ENDED = "ended.json"
+_HEARTBEAT = "heartbeat"
 
 
 @dataclass(frozen=True)
 class GuestEnd:
-    """A guest that ended: which, how and when (epoch seconds)."""
+    """A guest that ended: which, how and when (epoch seconds).
+
+    ``reason`` is QEMU's (:class:`GuestExit`): ``guest-shutdown`` for a
+    power-off from inside, ``killed`` for a kill or a crash, ... For an end
+    that happened while no agent ran it is :data:`UNOBSERVED`, and ``at`` is
+    the last moment the guest was known alive (the previous agent's last
+    heartbeat, or the guest's last write to its run directory): it ended
+    between then and its report.
+    """
 
     server: str
     reason: str
@@ -49,16 +113,79 @@ class GuestEnd:
 ExitSink = Callable[[GuestEnd], Awaitable[None]]
 
 
-def tap_name(server: str, index: int) -> str:
-    """``oc`` + 10 hex digits of the server + NIC index: unique, ≤ 15 chars."""
-    return f"oc{server.replace('-', '')[:10]}{index}"
+@dataclass(frozen=True)
+class VncAddress:
+    """Where this host serves a guest's console."""
+
+    ip: str
+    port: int
 
 
-def bridge_name(vlan: str | None) -> str:
-    return PUBLIC_BRIDGE if vlan is None else f"ocv{vlan.replace('-', '')[:11]}"
+@dataclass(frozen=True)
+class RunningGuest:
+    """A guest as this host runs it: QEMU's view plus what the host chose."""
+
+    info: GuestInfo
+    vnc: VncAddress | None
+
+
+def _hex(uuid_: str, digits: int) -> str:
+    return uuid_.replace("-", "")[:digits]
+
+
+def tap_name(server: str, index: int, prefix: str = "oc") -> str:
+    """``prefix`` + the server's first hex digits + the NIC index: 15 characters.
+
+    Derived from the server alone, so a new agent run finds the taps a dead
+    one left."""
+    return f"{prefix}{_hex(server, _IFNAME_MAX - 1 - len(prefix))}{index}"
+
+
+def bridge_name(vlan: str | None, prefix: str = "oc") -> str:
+    """The bridge of the public network (``vlan`` None) or of one VLAN.
+
+    ``p`` and ``v`` are not hex digits, so no bridge is ever named like a tap."""
+    if vlan is None:
+        return f"{prefix}pub"
+    return f"{prefix}v{_hex(vlan, _IFNAME_MAX - 1 - len(prefix))}"
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What the agent chose for one guest (``agent.json``)."""
+
+    taps: tuple[str, ...]
+    vnc: VncAddress | None
+
+    def dump(self) -> dict[str, object]:
+        return {"taps": list(self.taps), "vnc": dataclasses.asdict(self.vnc) if self.vnc else None}
+
+    @classmethod
+    def load(cls, data: dict[str, object]) -> _Record:
+        taps = data.get("taps")
+        vnc = data.get("vnc")
+        return cls(
+            taps=tuple(str(t) for t in taps) if isinstance(taps, list) else (),
+            vnc=VncAddress(str(vnc["ip"]), int(vnc["port"])) if isinstance(vnc, dict) else None,
+        )
+
+
+@dataclass(frozen=True)
+class _Guest:
+    handle: GuestHandle
+    record: _Record
 
 
 class HostAgent:
+    """The guests of this host. Build one per run directory and process.
+
+    ``ifprefix`` (1 to 5 lowercase letters and digits, starting with a
+    letter) begins every tap and bridge name this agent makes; tests use a
+    prefix of their own. With ``networking=False`` the agent makes no taps
+    and NICs keep whatever the spec says (normally no host side).
+    Call :meth:`close` once no verb is under way.
+    """
+
     def __init__(
         self,
         rundir: Path,
@@ -67,158 +194,384 @@ class HostAgent:
         *,
         vnc_listen: str = "127.0.0.1",
         networking: bool = True,
+        ifprefix: str = "oc",
+        heartbeat: float = HEARTBEAT_PERIOD,
     ) -> None:
-        self.rundir = rundir
+        if not _PREFIX.fullmatch(ifprefix):
+            raise UsageError(f"interface prefix {ifprefix!r} is not 1 to 5 letters and digits")
+        VncSpec(vnc_listen, 0)  # checks the address
+        self.rundir = rundir.absolute()
         self.driver = driver
         self.on_exit = on_exit
         self.vnc_listen = vnc_listen
         self.networking = networking
-        self._guests: dict[str, GuestHandle] = {}
+        self.ifprefix = ifprefix
+        self.heartbeat = heartbeat
+        self._guests: dict[str, _Guest] = {}
+        #: Servers whose end is being seen or reported; a task per guest from
+        #: its start (or adoption) until its end has been reported.
         self._watchers: dict[str, asyncio.Task[None]] = {}
-        self._specs: dict[str, GuestSpec] = {}
-        rundir.mkdir(parents=True, exist_ok=True)
+        self._starting: set[str] = set()
+        self._displays: set[int] = set()  # reserved by starts under way
+        self._kept: set[str] = set()  # reports that failed in this run
+        self._beating: asyncio.Task[None] | None = None
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        # Read before this run beats: when the previous run was last alive.
+        self._previous_beat = _mtime(self.rundir / _HEARTBEAT)
+
+    def tap(self, server: str, index: int) -> str:
+        return tap_name(server, index, self.ifprefix)
+
+    def bridge(self, vlan: str | None) -> str:
+        return bridge_name(vlan, self.ifprefix)
 
     # -- verbs -------------------------------------------------------------
 
     def running(self) -> set[str]:
+        """The servers whose guests run here now."""
         return set(self._guests)
 
-    async def start(self, spec: GuestSpec, networks: Sequence[str | None]) -> GuestInfo:
+    async def start(self, spec: GuestSpec, networks: Sequence[str | None]) -> RunningGuest:
         """Start a guest; ``networks[i]`` is NIC i's VLAN (None: public).
 
-        Returns when it runs with every device confirmed. On failure nothing
-        is left: no process, no tap, no run directory.
+        The spec's taps and VNC address are the agent's to choose (its VNC
+        password is kept). Returns once the guest runs with every device
+        confirmed, without waiting for its OS. On failure nothing is left:
+        no process, no tap, no run directory, and nothing is reported.
+        A guest this agent runs already is a :class:`BusyError`; one that
+        runs here unsupervised is verified and taken over (the driver's
+        idempotent start).
         """
-        if spec.uuid in self._guests:
-            raise BusyError(f"server {spec.uuid} already runs on this host")
-        taps: list[str] = []
+        server = spec.uuid
+        networks = tuple(networks)
+        if len(networks) != len(spec.nics):
+            raise UsageError(f"{len(spec.nics)} NICs but {len(networks)} networks")
+        if len(spec.nics) > _MAX_NICS:
+            raise UsageError(f"a guest has at most {_MAX_NICS} NICs on this host")
+        ending = self._watchers.get(server)
+        if ending is not None and server not in self._guests:
+            await asyncio.wait({ending})  # its last run is still being reported
+        if server in self._guests or server in self._starting:
+            raise BusyError(f"server {server} already runs on this host")
+        self._starting.add(server)
+        self._beat()
         try:
-            nics = []
-            for nic, vlan in zip(spec.nics, networks, strict=True):
-                tap = tap_name(spec.uuid, len(taps))
-                if self.networking:
-                    await net.ensure_bridge(bridge_name(vlan))
-                    await net.ensure_tap(tap, bridge=bridge_name(vlan))
-                    taps.append(tap)
-                    nics.append(dataclasses.replace(nic, tap=tap))
-                else:
-                    nics.append(nic)
-            vnc = spec.vnc
-            if vnc is not None:
-                vnc = VncSpec(self.vnc_listen, self._free_display(), vnc.password)
-            spec = dataclasses.replace(spec, nics=tuple(nics), vnc=vnc)
-            guest = await self.driver.start(spec, self.rundir / spec.uuid)
-        except BaseException:
-            for tap in taps:
-                with contextlib.suppress(OvercastError):
-                    await net.remove_link(tap)
-            raise
-        self._track(spec.uuid, guest, spec)
-        return await self.driver.info(guest)
+            return await self._start(spec, networks)
+        finally:
+            self._starting.discard(server)
 
     async def powerdown(self, server: str) -> None:
-        await self.driver.powerdown(self._guest(server))
+        """Press the ACPI power button; the end, if the guest obeys, is reported."""
+        await self.driver.powerdown(self._guest(server).handle)
 
     async def stop(self, server: str) -> None:
-        """Kill the guest now and wait until its exit has been reported."""
+        """Kill the guest now; return once its end has been reported."""
         guest = self._guest(server)
         watcher = self._watchers.get(server)
-        await self.driver.stop(guest)
+        await self.driver.stop(guest.handle)
         if watcher is not None:
-            await asyncio.shield(watcher)
+            await asyncio.wait({watcher})
 
     async def reset(self, server: str) -> None:
-        await self.driver.reset(self._guest(server))
+        """Hard reset: the guest reboots, its QEMU stays."""
+        await self.driver.reset(self._guest(server).handle)
 
     async def pause(self, server: str) -> None:
-        await self.driver.pause(self._guest(server))
+        await self.driver.pause(self._guest(server).handle)
 
     async def resume(self, server: str) -> None:
-        await self.driver.resume(self._guest(server))
+        await self.driver.resume(self._guest(server).handle)
 
-    async def info(self, server: str) -> GuestInfo:
-        return await self.driver.info(self._guest(server))
-
-    def spec(self, server: str) -> GuestSpec | None:
-        return self._specs.get(server)
+    async def info(self, server: str) -> RunningGuest:
+        guest = self._guest(server)
+        return RunningGuest(await self.driver.info(guest.handle), guest.record.vnc)
 
     # -- lifecycle ---------------------------------------------------------
 
     async def adopt_all(self) -> None:
-        """Take back the guests a previous agent run left; report those that ended."""
+        """Take back the guests a previous run left; report those that ended.
+
+        Returns once every such end has been reported. Directories this run
+        already handles are skipped, so calling it again is harmless.
+        """
+        self._beat()
+        reports: list[asyncio.Task[None]] = []
         for rundir in sorted(p for p in self.rundir.iterdir() if p.is_dir()):
             server = rundir.name
-            try:
-                guest = await self.driver.adopt(rundir)
-            except MissingError:
-                ended = _last_sign_of_life(rundir)
-                log.info("guest %s ended while the agent was down", server)
-                await self._ended(server, GuestExit("killed", False), ended, rundir)
+            if not _is_uuid(server):
+                log.warning("%s is not a guest's run directory; left alone", rundir)
                 continue
-            except OvercastError as err:
-                log.error("cannot adopt guest %s: %s", server, err)
+            busy = self._guests.keys() | self._watchers.keys() | self._starting | self._kept
+            if server in busy:
                 continue
-            log.info("adopted guest %s (pid %d)", server, guest.pid)
-            self._track(server, guest, None)
+            record = _read_record(rundir)
+            end = _read_end(server, rundir)
+            if end is None:
+                # Before adopt() cleans up, which changes the directory.
+                alive = max(self._previous_beat or 0.0, _newest_mtime(rundir))
+                try:
+                    handle = await self.driver.adopt(rundir)
+                except MissingError:
+                    log.info("guest %s ended while no agent ran (alive at %.3f)", server, alive)
+                    end = GuestEnd(server, UNOBSERVED, False, min(alive, time.time()))
+                except OvercastError as err:
+                    log.error("cannot adopt guest %s: %s", server, err)
+                    continue
+                else:
+                    if record is None:
+                        record = _Record(tuple(handle.taps.values()), None)
+                    log.info("adopted guest %s (pid %d)", server, handle.pid)
+                    self._track(server, handle, record)
+                    continue
+            if record is None:  # a crash before agent.json: the taps it may have made
+                record = _Record(tuple(self.tap(server, i) for i in range(_MAX_NICS)), None)
+            task = asyncio.create_task(self._finish(server, end, record, rundir))
+            self._watchers[server] = task
+            reports.append(task)
+        if reports:
+            await asyncio.wait(reports)
 
     async def close(self) -> None:
-        """Let go of every guest without ending it (the agent is stopping)."""
-        for task in self._watchers.values():
-            task.cancel()
+        """Let go of every guest without ending it (the agent is stopping).
+
+        Ends already seen are reported first; the guests still running are
+        adopted by the next run.
+        """
+        for server, task in self._watchers.items():
+            guest = self._guests.get(server)
+            if guest is not None and not guest.handle.exited:
+                task.cancel()
         await asyncio.gather(*self._watchers.values(), return_exceptions=True)
         for guest in self._guests.values():
             with contextlib.suppress(OvercastError):
-                await self.driver.close(guest)
+                await self.driver.close(guest.handle)
         self._guests.clear()
         self._watchers.clear()
+        if self._beating is not None:
+            self._beating.cancel()
+            await asyncio.gather(self._beating, return_exceptions=True)
+            self._beating = None
+            _touch(self.rundir / _HEARTBEAT)  # the guests let go were alive until now
 
-    # -- internals ---------------------------------------------------------
+    # -- starting ----------------------------------------------------------
 
-    def _guest(self, server: str) -> GuestHandle:
+    async def _start(self, spec: GuestSpec, networks: tuple[str | None, ...]) -> RunningGuest:
+        server = spec.uuid
+        rundir = self.rundir / server
+        if _qemu_lives(rundir):
+            return await self._take_over(spec, rundir)
+        taps = tuple(self.tap(server, i) for i in range(len(networks))) if self.networking else ()
+        if rundir.exists():  # what a run that died left: its guest has ended
+            if (rundir / _ENDED).exists():
+                log.warning("guest %s: an unreported end is superseded by a new start", server)
+                self._kept.discard(server)
+            old = _read_record(rundir)
+            await _remove_taps(set(old.taps if old else ()) - set(taps))
+            shutil.rmtree(rundir)
+        display = self._reserve_display() if spec.vnc is not None else None
+        vnc = VncAddress(self.vnc_listen, 5900 + display) if display is not None else None
+        record = _Record(taps, vnc)
+        try:
+            rundir.mkdir(parents=True)
+            _write_json(rundir / _RECORD, record.dump())
+            for tap, vlan in zip(taps, networks, strict=True):
+                await net.ensure_bridge(self.bridge(vlan))
+                await net.ensure_tap(tap, bridge=self.bridge(vlan))
+            handle = await self.driver.start(self._bind(spec, record), rundir)
+            try:
+                info = await self.driver.info(handle)
+            except BaseException:
+                await self.driver.stop(handle)
+                raise
+        except BaseException:
+            await _remove_taps(taps)
+            shutil.rmtree(rundir, ignore_errors=True)
+            raise
+        finally:
+            if display is not None:
+                self._displays.discard(display)
+        self._track(server, handle, record)
+        return RunningGuest(info, record.vnc)
+
+    async def _take_over(self, spec: GuestSpec, rundir: Path) -> RunningGuest:
+        """A QEMU runs for this server but nobody watches it: verify and adopt it."""
+        record = _read_record(rundir)
+        if record is None or len(record.taps) not in (0, len(spec.nics)):
+            raise BusyError(f"a QEMU this agent did not start runs in {rundir}")
+        handle = await self.driver.start(self._bind(spec, record), rundir)
+        self._track(spec.uuid, handle, record)
+        return await self.info(spec.uuid)
+
+    def _bind(self, spec: GuestSpec, record: _Record) -> GuestSpec:
+        """``spec`` with the taps and VNC address of ``record``."""
+        nics = spec.nics
+        if record.taps:
+            pairs = zip(nics, record.taps, strict=True)
+            nics = tuple(dataclasses.replace(nic, tap=tap) for nic, tap in pairs)
+        vnc = None
+        if spec.vnc is not None and record.vnc is not None:
+            vnc = VncSpec(record.vnc.ip, record.vnc.port - 5900, spec.vnc.password)
+        return dataclasses.replace(spec, nics=nics, vnc=vnc)
+
+    def _reserve_display(self) -> int:
+        """A VNC display no guest here uses and whose port is free now."""
+        used = self._displays | {
+            g.record.vnc.port - 5900 for g in self._guests.values() if g.record.vnc is not None
+        }
+        for display in range(VNC_FIRST_DISPLAY, 65536 - 5900):
+            if display not in used and _port_free(self.vnc_listen, 5900 + display):
+                self._displays.add(display)
+                return display
+        raise FullError(f"no free VNC port on {self.vnc_listen}")
+
+    # -- watching and reporting -------------------------------------------
+
+    def _guest(self, server: str) -> _Guest:
         guest = self._guests.get(server)
         if guest is None:
             raise MissingError(f"server {server} is not running on this host")
         return guest
 
-    def _track(self, server: str, guest: GuestHandle, spec: GuestSpec | None) -> None:
-        self._guests[server] = guest
-        if spec is not None:
-            self._specs[server] = spec
+    def _track(self, server: str, handle: GuestHandle, record: _Record) -> None:
+        self._guests[server] = _Guest(handle, record)
         self._watchers[server] = asyncio.create_task(
-            self._watch(server, guest), name=f"watch-{server}"
+            self._watch(server, handle, record), name=f"watch-{server}"
         )
 
-    async def _watch(self, server: str, guest: GuestHandle) -> None:
-        end = await self.driver.wait_exit(guest)
-        self._guests.pop(server, None)
-        self._specs.pop(server, None)
-        await self._ended(server, end, time.time(), guest.rundir)
-        self._watchers.pop(server, None)
-
-    async def _ended(self, server: str, end: GuestExit, at: float, rundir: Path) -> None:
-        if self.networking:
-            for index in range(8):
-                tap = tap_name(server, index)
-                if await net.link(tap) is not None:
-                    with contextlib.suppress(OvercastError):
-                        await net.remove_link(tap)
+    async def _watch(self, server: str, handle: GuestHandle, record: _Record) -> None:
         try:
-            await self.on_exit(GuestEnd(server, end.reason, end.guest_initiated, at))
+            exit_: GuestExit = await self.driver.wait_exit(handle)
+            end = GuestEnd(server, exit_.reason, exit_.guest_initiated, time.time())
+            self._guests.pop(server, None)
+            try:
+                _write_json(handle.rundir / _ENDED, dataclasses.asdict(end))
+            except OSError as err:
+                log.error("guest %s: cannot record its end: %s", server, err)
+            await self._report(end, record, handle.rundir)
         except Exception:
-            log.exception("reporting the end of guest %s failed; kept for the next run", server)
+            log.exception("watching guest %s failed", server)
+        finally:
+            self._watchers.pop(server, None)
+
+    async def _finish(self, server: str, end: GuestEnd, record: _Record, rundir: Path) -> None:
+        try:
+            await self._report(end, record, rundir)
+        finally:
+            self._watchers.pop(server, None)
+
+    async def _report(self, end: GuestEnd, record: _Record, rundir: Path) -> None:
+        """Free the guest's taps, tell the sink, then forget the guest."""
+        await _remove_taps(record.taps)
+        try:
+            await self.on_exit(end)
+        except Exception:
+            log.exception("reporting the end of guest %s failed; kept for the next run", end.server)
+            self._kept.add(end.server)
             return
-        # Reported: the run directory has served its purpose.
         shutil.rmtree(rundir, ignore_errors=True)
 
-    def _free_display(self) -> int:
-        used = {s.vnc.display for s in self._specs.values() if s.vnc is not None}
-        display = VNC_FIRST_DISPLAY
-        while display in used:
-            display += 1
-        return display
+    def _beat(self) -> None:
+        """Start the heartbeat if it is not running."""
+        if self._beating is None:
+            self._beating = asyncio.create_task(self._heartbeat(), name="agent-heartbeat")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                _touch(self.rundir / _HEARTBEAT)
+            except OSError as err:
+                log.warning("cannot touch the heartbeat: %s", err)
+            await asyncio.sleep(self.heartbeat)
 
 
-def _last_sign_of_life(rundir: Path) -> float:
-    """When a guest that ended unseen was last alive: its files' newest mtime."""
-    times = [p.stat().st_mtime for p in rundir.iterdir() if p.is_file()]
-    return max(times, default=rundir.stat().st_mtime)
+# -- run directory files ---------------------------------------------------
+
+
+def _is_uuid(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
+
+
+def _qemu_lives(rundir: Path) -> bool:
+    found = find_qemu(RunFiles.at(rundir))
+    if found is None:
+        return False
+    os.close(found[1])
+    return True
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_record(rundir: Path) -> _Record | None:
+    data = _read_json(rundir / _RECORD)
+    try:
+        return _Record.load(data) if data is not None else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _read_end(server: str, rundir: Path) -> GuestEnd | None:
+    data = _read_json(rundir / _ENDED)
+    if data is None:
+        return None
+    at = data.get("at")
+    return GuestEnd(
+        server=server,
+        reason=str(data.get("reason", UNOBSERVED)),
+        guest_initiated=bool(data.get("guest_initiated", False)),
+        at=float(at) if isinstance(at, int | float) else _newest_mtime(rundir),
+    )
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _newest_mtime(rundir: Path) -> float:
+    """When the guest last wrote to its run directory (its serial console and logs)."""
+    times = [t for p in rundir.iterdir() if p.is_file() and (t := _mtime(p)) is not None]
+    return max(times, default=_mtime(rundir) or 0.0)
+
+
+def _touch(path: Path) -> None:
+    path.touch()  # sets the time of one that exists
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``port`` on ``host`` is free to listen on; FailedError if no port can be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return False
+            raise FailedError(f"cannot serve VNC on {host}: {err.strerror}") from err
+    return True
+
+
+async def _remove_taps(taps: Iterable[str]) -> None:
+    async def remove(tap: str) -> None:
+        try:
+            await net.remove_link(tap)
+        except OvercastError as err:
+            log.warning("cannot remove tap %s: %s", tap, err)
+
+    await asyncio.gather(*(remove(tap) for tap in taps))
