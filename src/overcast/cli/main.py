@@ -185,4 +185,5 @@ def serve(
         port=settings.port,
         log_config=None,
         access_log=False,
+        loop="asyncio",
     )

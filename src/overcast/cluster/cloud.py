@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from overcast.cluster.drives import DriveService
 from overcast.cluster.imaging import Imager
 from overcast.cluster.resources import ResourceService
+from overcast.cluster.servers import Capacity, ServerService
 from overcast.cluster.users import UserService
 from overcast.config import Settings
+from overcast.host.agent import GuestEnd, HostAgent
+from overcast.host.client import HostClient, LocalHost
 from overcast.host.pool import Pool
+from overcast.hypervisor.kvm import choose_accel
+from overcast.hypervisor.qemu import QemuDriver
+from overcast.model.server import MHZ_PER_CORE
 from overcast.store import Store, migrate
 
 __all__ = ["Cloud"]
@@ -29,24 +36,61 @@ class Cloud:
         self.users = UserService(self.store)
         self.drives = DriveService(self.store, self.pool, self.imager)
         self.resources = ResourceService(self.store)
+        #: Servers and the host exist once :meth:`open` ran with ``background``.
+        self.servers: ServerService
+
+        self.host: HostClient | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, background: bool = True) -> Cloud:
-        """Migrate the store and start the background work (imaging)."""
+        """Migrate the store; with ``background``, also run this machine's
+        host (adopting the guests a previous run left) and resume imaging.
+
+        Operator commands open without ``background``: they run no guests.
+        """
         settings.data.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(migrate, settings.store)
         cloud = cls(settings)
         if background:
             try:
+                await cloud._start_host()
                 await cloud.imager.resume()
             except BaseException:
                 await cloud.close()
                 raise
         return cloud
 
+    async def _start_host(self) -> None:
+        verdict = await choose_accel(self.settings.data / "kvm")
+        log.info("accelerator %s: %s", verdict.accel, verdict.reason)
+
+        async def on_exit(end: GuestEnd) -> None:
+            await self.servers.guest_ended(end)
+
+        agent = HostAgent(self.settings.data / "run", QemuDriver(verdict.accel), on_exit)
+        self.host = LocalHost(agent)
+        self.servers = ServerService(self.store, self.pool, self.host, _local_capacity())
+        await agent.adopt_all()
+        await self.servers.reconcile()
+
     async def close(self) -> None:
-        """Stop the background work, then the store (whatever the first does)."""
+        """Let go of the guests (they keep running), stop the background
+        work, then the store, whatever the earlier steps do."""
         try:
-            await self.imager.close()
+            if self.host is not None:
+                await self.host.close()
         finally:
-            await self.store.close()
+            try:
+                await self.imager.close()
+            finally:
+                await self.store.close()
+
+
+def _local_capacity() -> Capacity:
+    """This machine: all its memory but 512 MiB for itself; 2 GHz a core."""
+    mem_kib = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return Capacity(cpu=(os.cpu_count() or 1) * MHZ_PER_CORE, mem=max(mem_kib // 1024 - 512, 0))

@@ -1,0 +1,104 @@
+"""``/servers/…`` routes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from overcast.api.auth import caller
+from overcast.api.negotiate import no_content, read_keys, reply, reply_list
+from overcast.cluster.cloud import Cloud
+from overcast.cluster.servers import ServerService
+from overcast.model.user import User
+
+__all__ = ["routes"]
+
+READ = ["GET", "POST"]
+CHANGE = ["POST"]
+
+
+def _servers(request: Request) -> ServerService:
+    cloud: Cloud = request.app.state.cloud
+    return cloud.servers
+
+
+async def list_(request: Request) -> Response:
+    user = await caller(request)
+    servers = await _servers(request).of_user(user)
+    return reply_list(request, "server", [s.uuid for s in servers])
+
+
+async def info_all(request: Request) -> Response:
+    user = await caller(request)
+    service = _servers(request)
+    return reply(request, [await service.info(s) for s in await service.of_user(user)])
+
+
+async def info(request: Request) -> Response:
+    user = await caller(request)
+    service = _servers(request)
+    return reply(
+        request, await service.info(await service.owned(user, request.path_params["server"]))
+    )
+
+
+async def create(request: Request) -> Response:
+    """Returns once the guest runs (or, for ``/stopped``, once defined)."""
+    user = await caller(request)
+    keys = await read_keys(request)
+    service = _servers(request)
+    stopped = request.url.path.rstrip("/").endswith("/stopped")
+    return reply(request, await service.info(await service.create(user, keys, stopped=stopped)))
+
+
+async def set_(request: Request) -> Response:
+    user = await caller(request)
+    keys = await read_keys(request)
+    service = _servers(request)
+    server = await service.set(user, request.path_params["server"], keys)
+    return reply(request, await service.info(server))
+
+
+async def start(request: Request) -> Response:
+    user = await caller(request)
+    service = _servers(request)
+    return reply(
+        request, await service.info(await service.start(user, request.path_params["server"]))
+    )
+
+
+Verb = Callable[[ServerService, User, str], Awaitable[None]]
+
+#: The calls that act on a running guest and answer 204.
+_VERBS: dict[str, Verb] = {
+    "shutdown": ServerService.shutdown,
+    "stop": ServerService.stop,
+    "reset": ServerService.reset,
+    "destroy": ServerService.destroy,
+}
+
+
+def _verb(name: str) -> Callable[[Request], Awaitable[Response]]:
+    act = _VERBS[name]
+
+    async def endpoint(request: Request) -> Response:
+        user = await caller(request)
+        await act(_servers(request), user, request.path_params["server"])
+        return no_content()
+
+    return endpoint
+
+
+routes = [
+    Route("/servers/list", list_, methods=READ),
+    Route("/servers/info", info_all, methods=READ),
+    Route("/servers/create", create, methods=CHANGE),
+    Route("/servers/create/stopped", create, methods=CHANGE),
+    Route("/servers/{server}/info", info, methods=READ),
+    Route("/servers/{server}/set", set_, methods=CHANGE),
+    Route("/servers/{server}/start", start, methods=CHANGE),
+    *(Route(f"/servers/{{server}}/{name}", _verb(name), methods=CHANGE) for name in _VERBS),
+]

@@ -1,0 +1,381 @@
+"""Servers as users see them: the synchronous create path and every verb.
+
+Create follows DESIGN.md step by step: parse every key (``400``); then in
+ONE store transaction check ownership of each drive, IP and VLAN, take the
+drive claims under the drives' row locks, check quota and the host's room,
+and insert the server as ``starting``; only then ask the host to start the
+guest (paused, every device confirmed, then running); then mark it
+``active``. A failure after the transaction deletes the row again, which
+releases its claims and NICs (they cascade), so a failed create leaves
+nothing behind.
+
+Guest ends come back from the host through :meth:`ServerService.guest_ended`
+(the host's ``on_exit``): a non-persistent server is deleted, a persistent
+one becomes ``stopped`` and lets go of its drives.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid as _uuid
+from dataclasses import dataclass
+
+from overcast.host.agent import GuestEnd
+from overcast.host.client import HostClient
+from overcast.host.pool import Pool
+from overcast.hypervisor import spec as hv
+from overcast.hypervisor.spec import DiskSpec, GuestSpec, NicSpec, VncSpec
+from overcast.model.codec import Keys, Record
+from overcast.model.drive import ClaimType, LibraryFormat, Media
+from overcast.model.errors import (
+    BusyError,
+    FullError,
+    MissingError,
+    OvercastError,
+    UsageError,
+)
+from overcast.model.keys import parse_uuid
+from overcast.model.server import (
+    READ_ONLY,
+    Bus,
+    Nic,
+    NicModel,
+    Server,
+    ServerSpec,
+    ServerStatus,
+    new_mac,
+    parse_server_spec,
+    server_info,
+)
+from overcast.model.user import User
+from overcast.store import Store
+from overcast.store import drives as drive_rows
+from overcast.store import resources as resource_rows
+from overcast.store import servers as rows
+from overcast.store import users as user_rows
+from overcast.store.engine import Tx
+
+__all__ = ["Capacity", "ServerService"]
+
+log = logging.getLogger(__name__)
+
+#: The one host of the all-in-one cloud.
+LOCAL_HOST = "local"
+#: Keys that may change while a server runs (API.md, ``/servers/S/set``).
+_SHOWN_ONLY = re.compile(
+    r".+:(read|write):(bytes|requests)|rx:packets|tx:packets|nic:[0-9]:dhcp:ip|vnc:port"
+)
+_LIVE_KEYS = frozenset({"name", "cpu", "tags", "persistent", "vnc:password", "password"})
+_BUS: dict[Bus, hv.Bus] = {Bus.IDE: "ide", Bus.SCSI: "scsi", Bus.VIRTIO: "virtio"}
+_MEDIA: dict[Media, hv.Media] = {Media.DISK: "disk", Media.CDROM: "cdrom"}
+_MODEL: dict[NicModel, hv.NicModel] = {
+    NicModel.E1000: "e1000",
+    NicModel.RTL8139: "rtl8139",
+    NicModel.VIRTIO: "virtio",
+}
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a host offers guests."""
+
+    cpu: int  # MHz
+    mem: int  # MiB
+
+
+def _config(keys: Keys) -> dict[str, str]:
+    """The keys that describe the server: what info showed back is dropped."""
+    return {k: v for k, v in keys.items() if k not in READ_ONLY and not _SHOWN_ONLY.fullmatch(k)}
+
+
+class ServerService:
+    def __init__(self, store: Store, pool: Pool, host: HostClient, capacity: Capacity) -> None:
+        self.store = store
+        self.pool = pool
+        self.host = host
+        self.capacity = capacity
+
+    # -- reads -------------------------------------------------------------
+
+    async def owned(self, user: User, uuid: str) -> Server:
+        async with self.store.read() as tx:
+            server = await rows.get_server(tx, parse_uuid("server", uuid))
+        if server is None or server.user != user.uuid:
+            raise MissingError(f"no server {uuid}")
+        return server
+
+    async def of_user(self, user: User) -> list[Server]:
+        async with self.store.read() as tx:
+            servers = await rows.list_servers(tx, user.uuid)
+        # A create under way is not yet a server the user has.
+        return [s for s in servers if s.status is not ServerStatus.STARTING]
+
+    async def info(self, server: Server) -> Record:
+        """Info with the guest's I/O counters while it runs."""
+        record = dict(server_info(server))
+        if server.status in (ServerStatus.ACTIVE, ServerStatus.PAUSED):
+            try:
+                running = await self.host.info(server.uuid)
+            except OvercastError:
+                return record
+            rx = tx = rxp = txp = 0
+            for nic in running.info.nics:
+                rx += nic.rx_bytes or 0
+                tx += nic.tx_bytes or 0
+                rxp += nic.rx_packets or 0
+                txp += nic.tx_packets or 0
+            record.update({"rx": rx, "tx": tx, "rx:packets": rxp, "tx:packets": txp})
+            names = {"drive-" + d.name.replace(":", "-"): d.name for d in server.spec.devices}
+            for disk in running.info.disks:
+                if (name := names.get(disk.device)) is not None:
+                    record[f"{name}:read:bytes"] = disk.read_bytes
+                    record[f"{name}:read:requests"] = disk.read_requests
+                    record[f"{name}:write:bytes"] = disk.write_bytes
+                    record[f"{name}:write:requests"] = disk.write_requests
+        return record
+
+    # -- create ------------------------------------------------------------
+
+    async def create(self, user: User, keys: Keys, *, stopped: bool = False) -> Server:
+        spec = parse_server_spec(keys)
+        if spec.host is not None and not user.admin:
+            raise UsageError("host: only administrators may pin a server to a host")
+        if spec.host is not None and spec.host != LOCAL_HOST:
+            raise MissingError(f"no host {spec.host}")
+        uuid = str(_uuid.uuid4())
+        config = _config(keys)
+        status = ServerStatus.STOPPED if stopped else ServerStatus.STARTING
+        async with self.store.write() as tx:
+            claims = await self._claims(tx, user, spec)
+            nics = await self._nics(tx, user, spec)
+            if not stopped:
+                await self._check_room(tx, user, spec)
+            server = Server(uuid, user.uuid, config, status, LOCAL_HOST, nics)
+            await rows.insert_server(tx, server, () if stopped else claims)
+        if stopped:
+            return await self._reread(uuid)
+        return await self._run(server)
+
+    async def _claims(self, tx: Tx, user: User, spec: ServerSpec) -> list[rows.Claim]:
+        """Check every drive and the claims on it; the drives stay locked."""
+        claims = []
+        for device in spec.devices:
+            drive = await drive_rows.get_drive(tx, device.drive, lock=True)
+            if drive is None or not (
+                drive.user == user.uuid
+                or (drive.readable_by(user.uuid) and drive.claim_type is ClaimType.SHARED)
+            ):
+                raise MissingError(f"{device.name}: no drive {device.drive}")
+            if drive.format is LibraryFormat.GZIP:
+                raise UsageError(
+                    f"{device.name}: library drive {drive.uuid} is compressed; "
+                    "image it onto a drive of yours"
+                )
+            if drive.imaging is not None:
+                raise BusyError(f"{device.name}: drive {drive.uuid} is being imaged")
+            exclusive = drive.claim_type is ClaimType.EXCLUSIVE
+            for held in await rows.drive_claims(tx, drive.uuid):
+                if exclusive or held.exclusive:
+                    raise BusyError(
+                        f"{device.name}: drive {drive.uuid} is claimed by server {held.server}"
+                    )
+            claims.append(rows.Claim(drive.uuid, device.name, exclusive))
+        return claims
+
+    async def _nics(self, tx: Tx, user: User, spec: ServerSpec) -> tuple[Nic, ...]:
+        nics = []
+        for nic in spec.nics:
+            if nic.vlan is not None:
+                vlan = await resource_rows.get_vlan(tx, nic.vlan)
+                if vlan is None or vlan.user != user.uuid:
+                    raise MissingError(f"nic:{nic.index}:vlan: no vlan {nic.vlan}")
+            mac = nic.mac or new_mac()
+            if nic.mac is not None and (other := await rows.mac_in_use(tx, nic.vlan, mac)):
+                raise BusyError(f"nic:{nic.index}:mac: {mac} is in use by server {other}")
+            ip = await self._address(tx, user, nic.index, nic.dhcp) if nic.dhcp else None
+            nics.append(Nic(nic.index, nic.model, mac, nic.vlan, ip))
+        return tuple(nics)
+
+    async def _address(self, tx: Tx, user: User, index: int, dhcp: str) -> str:
+        """The public address for ``nic:N:dhcp``: one of the user's, or for
+        ``auto`` the first of theirs that is free."""
+        if dhcp != "auto":
+            ip = await resource_rows.get_ip(tx, dhcp)
+            if ip is None or ip.user != user.uuid:
+                raise MissingError(f"nic:{index}:dhcp: no ip {dhcp}")
+            if other := await rows.ip_in_use(tx, dhcp):
+                raise BusyError(f"nic:{index}:dhcp: {dhcp} is in use by server {other}")
+            return dhcp
+        for ip in await resource_rows.list_ips(tx, user.uuid):
+            if await rows.ip_in_use(tx, ip.address) is None:
+                return ip.address
+        raise FullError(
+            f"nic:{index}:dhcp auto: none of your IP addresses is free; "
+            "create one with /resources/ip/create"
+        )
+
+    async def _check_room(self, tx: Tx, user: User, spec: ServerSpec) -> None:
+        locked = await user_rows.get_user(tx, user.uuid, lock=True)
+        quota = (locked or user).quota
+        count, cpu, mem = await rows.usage(tx, user.uuid)
+        quota.check("servers", count, 1)
+        quota.check("cpu", cpu, spec.cpu)
+        quota.check("mem", mem, spec.mem)
+        _hcpu, hmem, _n = await rows.host_usage(tx, LOCAL_HOST)
+        if hmem + spec.mem > self.capacity.mem:
+            raise FullError(f"no host has {spec.mem} MiB of memory free")
+
+    async def _run(self, server: Server) -> Server:
+        """Start a ``starting`` server's guest; undo the server on failure."""
+        try:
+            running = await self.host.start(self._guest(server), [n.vlan for n in server.nics])
+        except BaseException:
+            async with self.store.write() as tx:
+                if server.status is ServerStatus.STOPPED:
+                    await rows.release_claims(tx, server.uuid)
+                else:
+                    await rows.delete_server(tx, server.uuid)
+            raise
+        async with self.store.write() as tx:
+            await rows.set_status(tx, server.uuid, ServerStatus.ACTIVE, started=time.time())
+            vnc = running.vnc
+            await rows.set_vnc(tx, server.uuid, vnc.ip if vnc else None, vnc.port if vnc else None)
+        return await self._reread(server.uuid)
+
+    def _guest(self, server: Server) -> GuestSpec:
+        spec = server.spec
+        boot = {name: i for i, name in enumerate(spec.boot)}
+        if not boot and spec.devices:
+            boot = {spec.devices[0].name: 0}
+        disks = []
+        for device in spec.devices:
+            bus = _BUS[device.bus]
+            bus_no, unit = (
+                (0, device.index) if device.bus is Bus.VIRTIO else (device.index, device.unit)
+            )
+            disks.append(
+                DiskSpec(
+                    image=self.pool.path(device.drive),
+                    bus=bus,
+                    bus_no=bus_no,
+                    unit=unit,
+                    media=_MEDIA[device.media],
+                    bootindex=boot.get(device.name),
+                )
+            )
+        nics = tuple(NicSpec(model=_MODEL[n.model], mac=n.mac) for n in server.nics)
+        vnc = VncSpec("127.0.0.1", 0, spec.vnc_password) if spec.vnc_password else None
+        return GuestSpec(
+            uuid=server.uuid,
+            name=spec.name,
+            smp=spec.smp,
+            mem_mib=spec.mem,
+            cpu_mhz=spec.cpu,
+            disks=tuple(disks),
+            nics=nics,
+            vnc=vnc,
+        )
+
+    async def _reread(self, uuid: str) -> Server:
+        async with self.store.read() as tx:
+            server = await rows.get_server(tx, uuid)
+        if server is None:
+            raise MissingError(f"no server {uuid}")
+        return server
+
+    # -- verbs ---------------------------------------------------------------
+
+    async def start(self, user: User, uuid: str) -> Server:
+        """Start a stopped (persistent or created-stopped) server again."""
+        server = await self.owned(user, uuid)
+        if server.status is not ServerStatus.STOPPED:
+            raise BusyError(f"server {uuid} is {server.status.value}, not stopped")
+        async with self.store.write() as tx:
+            current = await rows.get_server(tx, server.uuid, lock=True)
+            if current is None or current.status is not ServerStatus.STOPPED:
+                raise BusyError(f"server {uuid} is not stopped")
+            await rows.take_claims(tx, server.uuid, await self._claims(tx, user, server.spec))
+            await self._check_room(tx, user, server.spec)
+            await rows.set_status(tx, server.uuid, ServerStatus.STARTING)
+        return await self._run(await self._reread(server.uuid))
+
+    async def _running(self, user: User, uuid: str) -> Server:
+        server = await self.owned(user, uuid)
+        if server.status not in (ServerStatus.ACTIVE, ServerStatus.PAUSED):
+            raise BusyError(f"server {uuid} is not running")
+        return server
+
+    async def shutdown(self, user: User, uuid: str) -> None:
+        await self.host.powerdown((await self._running(user, uuid)).uuid)
+
+    async def stop(self, user: User, uuid: str) -> None:
+        """Power off now; returns once the end has been processed."""
+        await self.host.stop((await self._running(user, uuid)).uuid)
+
+    async def reset(self, user: User, uuid: str) -> None:
+        await self.host.reset((await self._running(user, uuid)).uuid)
+
+    async def destroy(self, user: User, uuid: str) -> None:
+        server = await self.owned(user, uuid)
+        if server.uuid in await self.host.running():
+            await self.host.stop(server.uuid)
+        async with self.store.write() as tx:
+            await rows.delete_server(tx, server.uuid)
+
+    async def set(self, user: User, uuid: str, keys: Keys) -> Server:
+        server = await self.owned(user, uuid)
+        changes = _config(keys)
+        running = server.status is not ServerStatus.STOPPED
+        if running:
+            for key, value in changes.items():
+                if (
+                    key not in _LIVE_KEYS
+                    and not key.startswith("user:")
+                    and (server.config.get(key) != value)
+                ):
+                    raise BusyError(f"{key} cannot change while server {uuid} runs")
+        config = {**server.config, **changes}
+        parse_server_spec(config)  # the whole result must still be valid
+        async with self.store.write() as tx:
+            await rows.update_config(tx, server.uuid, config)
+        return await self._reread(server.uuid)
+
+    # -- from the host -------------------------------------------------------
+
+    async def guest_ended(self, end: GuestEnd) -> None:
+        """A guest ended (any reason): delete or stop its server. Idempotent."""
+        async with self.store.write() as tx:
+            server = await rows.get_server(tx, end.server, lock=True)
+            if server is None or server.status is ServerStatus.STOPPED:
+                return
+            if server.spec.persistent:
+                await rows.release_claims(tx, server.uuid)
+                await rows.set_vnc(tx, server.uuid, None, None)
+                await rows.set_status(tx, server.uuid, ServerStatus.STOPPED)
+            else:
+                await rows.delete_server(tx, server.uuid)
+        log.info("server %s ended (%s)", end.server, end.reason)
+
+    async def reconcile(self) -> None:
+        """After a restart: servers the store thinks run but the host does
+        not were ended meanwhile; a create interrupted before its guest ran
+        is rolled back, one whose guest runs is completed."""
+        running = await self.host.running()
+        async with self.store.read() as tx:
+            servers = await rows.servers_on_host(tx, LOCAL_HOST)
+        for server in servers:
+            if server.status is ServerStatus.STOPPED:
+                continue
+            if server.uuid in running:
+                if server.status is ServerStatus.STARTING:
+                    async with self.store.write() as tx:
+                        await rows.set_status(tx, server.uuid, ServerStatus.ACTIVE, time.time())
+                continue
+            if server.status is ServerStatus.STARTING:
+                async with self.store.write() as tx:
+                    await rows.delete_server(tx, server.uuid)
+                log.info("rolled back the interrupted create of server %s", server.uuid)
+            else:
+                await self.guest_ended(GuestEnd(server.uuid, "unobserved", False, time.time()))
