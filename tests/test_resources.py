@@ -284,3 +284,29 @@ def test_vlan_lifecycle(user: httpx.Client) -> None:
     r = user.get(f"{path}/info")
     assert (r.status_code, r.headers["x-elastic-error"]) == (404, "missing")
     assert user.get("/resources/vlan/list").text == f"vlan {plain['resource']}\n"
+
+
+def test_ips_and_vlans_in_use_by_a_server_are_busy(roomy: Cloud) -> None:
+    """API.md: destroy is ``409 busy`` while a server uses the resource."""
+    with new_user(roomy) as client:
+        ip = _info(client.post("/resources/ip/create"))["resource"]
+        vlan = _info(client.post("/resources/vlan/create"))["resource"]
+        # A diskless guest: QEMU runs (its BIOS finds nothing to boot), which
+        # is all this needs.
+        config = (
+            f"name net\ncpu 500\nmem 64\nnic:0:model e1000\nnic:0:dhcp {ip}\n"
+            f"nic:1:model virtio\nnic:1:vlan {vlan}\n"
+        )
+        server = _info(client.post("/servers/create", content=config))
+        try:
+            assert server["nic:0:dhcp:ip"] == ip and server["nic:1:vlan"] == vlan
+            for path in (f"/resources/ip/{ip}/destroy", f"/resources/vlan/{vlan}/destroy"):
+                r = client.post(path)
+                assert r.status_code == 409, r.text
+                assert r.headers["x-elastic-error"] == "busy"
+                assert server["server"] in r.text
+            assert ip in client.get("/resources/ip/list").text
+        finally:
+            assert client.post(f"/servers/{server['server']}/destroy").status_code == 204
+        assert client.post(f"/resources/ip/{ip}/destroy").status_code == 204
+        assert client.post(f"/resources/vlan/{vlan}/destroy").status_code == 204

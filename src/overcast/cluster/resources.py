@@ -19,6 +19,7 @@ from overcast.model.resource import Ip, ResourceChanges, Vlan
 from overcast.model.user import User
 from overcast.store import Store
 from overcast.store import resources as rows
+from overcast.store import servers as server_rows
 from overcast.store.engine import Tx
 
 __all__ = ["ResourceService"]
@@ -132,6 +133,8 @@ class ResourceService:
         """Give the address back to its pool, for anyone's next create."""
         ip = await self.ip(user, address)
         async with self.store.write() as conn:
+            if server := await server_rows.ip_in_use(conn, ip.address):
+                raise BusyError(f"ip {ip.address} is in use by server {server}")
             await rows.delete_ip(conn, ip.address)
 
     # -- VLANs -------------------------------------------------------------
@@ -166,6 +169,8 @@ class ResourceService:
     async def destroy_vlan(self, user: User, uuid: str) -> None:
         vlan = await self.vlan(user, uuid)
         async with self.store.write() as conn:
+            if server := await server_rows.vlan_in_use(conn, vlan.uuid):
+                raise BusyError(f"vlan {vlan.uuid} is in use by server {server}")
             await rows.delete_vlan(conn, vlan.uuid)
 
 
