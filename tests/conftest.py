@@ -1,1 +1,1 @@
-pytest_plugins = ["pg", "cloud"]
+pytest_plugins = ["pg", "cloud", "stores"]

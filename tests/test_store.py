@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid as _uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,34 +32,8 @@ from overcast.store import resources as resource_rows
 from overcast.store import servers as server_rows
 from overcast.store import users as user_rows
 from overcast.store.tables import claims, metadata
-from pg import fresh_database
 
 MIGRATIONS = Path(drive_rows.__file__).parent / "migrations"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def new_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
-    """Makes URLs of new, empty databases on the parametrized backend."""
-    counter = iter(range(1000))
-    if request.param == "sqlite":
-        return lambda: f"sqlite:///{tmp_path}/s{next(counter)}.db"
-    pg_url: str = request.getfixturevalue("pg_url")
-    return lambda: fresh_database(pg_url)
-
-
-@pytest.fixture
-def url(new_url: Callable[[], str]) -> str:
-    return new_url()
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[Store]:
-    migrate(url)
-    s = Store(url)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def sync_engine(url: str) -> Iterator[sa.Engine]:

@@ -14,7 +14,6 @@ import sys
 import textwrap
 import threading
 import uuid as _uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,24 +29,6 @@ from overcast.store import drives as drive_rows
 from overcast.store import servers as server_rows
 from overcast.store import users as user_rows
 from overcast.store.tables import claims
-from pg import fresh_database
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/s.db"
-    return fresh_database(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[Store]:
-    migrate(url)
-    s = Store(url)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def add_user(store: Store) -> User:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid as _uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +46,6 @@ from pg import fresh_database
 
 MIGRATIONS = Path(server_rows.__file__).parent / "migrations"
 POOL = "192.0.2.0/24"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/s.db"
-    return fresh_database(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[Store]:
-    migrate(url)
-    s = Store(url)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture
