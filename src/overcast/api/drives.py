@@ -10,22 +10,14 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from overcast.api.auth import caller
+from overcast.api.context import CHANGE, READ, cloud_of
 from overcast.api.negotiate import no_content, read_keys, reply, reply_list, reply_many
-from overcast.cluster.cloud import Cloud
 from overcast.hypervisor.image import GzipStream
 from overcast.model.drive import drive_info, parse_drive_changes, parse_drive_spec
 from overcast.model.errors import UsageError
 from overcast.model.keys import parse_size
 
 __all__ = ["routes"]
-
-READ = ["GET", "POST"]
-CHANGE = ["POST"]
-
-
-def _cloud(request: Request) -> Cloud:
-    cloud: Cloud = request.app.state.cloud
-    return cloud
 
 
 def _offset(key: str, value: str) -> int:
@@ -35,48 +27,48 @@ def _offset(key: str, value: str) -> int:
 
 async def list_drives(request: Request) -> Response:
     user = await caller(request)
-    drives = await _cloud(request).drives.of_user(user)
+    drives = await cloud_of(request).drives.of_user(user)
     return reply_list(request, "drive", [d.uuid for d in drives])
 
 
 async def info_all(request: Request) -> Response:
     user = await caller(request)
-    return await reply_many(request, await _cloud(request).drives.of_user(user), drive_info)
+    return await reply_many(request, await cloud_of(request).drives.of_user(user), drive_info)
 
 
 async def list_standard(request: Request) -> Response:
     await caller(request)
-    drives = await _cloud(request).drives.list_standard()
+    drives = await cloud_of(request).drives.list_standard()
     return reply_list(request, "drive", [d.uuid for d in drives])
 
 
 async def info_standard(request: Request) -> Response:
     await caller(request)
-    return await reply_many(request, await _cloud(request).drives.list_standard(), drive_info)
+    return await reply_many(request, await cloud_of(request).drives.list_standard(), drive_info)
 
 
 async def info(request: Request) -> Response:
     user = await caller(request)
-    drive = await _cloud(request).drives.readable(user, request.path_params["drive"])
+    drive = await cloud_of(request).drives.readable(user, request.path_params["drive"])
     return reply(request, drive_info(drive))
 
 
 async def create(request: Request) -> Response:
     user = await caller(request)
     spec = parse_drive_spec(await read_keys(request))
-    return reply(request, drive_info(await _cloud(request).drives.create(user, spec)))
+    return reply(request, drive_info(await cloud_of(request).drives.create(user, spec)))
 
 
 async def set_(request: Request) -> Response:
     user = await caller(request)
     changes = parse_drive_changes(await read_keys(request))
-    drive = await _cloud(request).drives.set(user, request.path_params["drive"], changes)
+    drive = await cloud_of(request).drives.set(user, request.path_params["drive"], changes)
     return reply(request, drive_info(drive))
 
 
 async def destroy(request: Request) -> Response:
     user = await caller(request)
-    await _cloud(request).drives.destroy(user, request.path_params["drive"])
+    await cloud_of(request).drives.destroy(user, request.path_params["drive"])
     return no_content()
 
 
@@ -84,7 +76,7 @@ async def image(request: Request) -> Response:
     user = await caller(request)
     gunzip = request.url.path.endswith("/gunzip")
     params = request.path_params
-    await _cloud(request).drives.image(user, params["drive"], params["source"], gunzip=gunzip)
+    await cloud_of(request).drives.image(user, params["drive"], params["source"], gunzip=gunzip)
     return no_content()
 
 
@@ -92,7 +84,7 @@ async def read(request: Request) -> Response:
     user = await caller(request)
     offset = _offset("offset", request.path_params["offset"])
     size = parse_size("size", request.path_params["size"])
-    drives = _cloud(request).drives
+    drives = cloud_of(request).drives
     length, chunks = await drives.read(user, request.path_params["drive"], offset, size)
     return StreamingResponse(
         chunks,
@@ -119,7 +111,7 @@ async def write(request: Request) -> Response:
     else:
         length = _content_length(request)
     drive = request.path_params["drive"]
-    await _cloud(request).drives.write(user, drive, offset, body, length=length)
+    await cloud_of(request).drives.write(user, drive, offset, body, length=length)
     return no_content()
 
 

@@ -12,8 +12,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from overcast.api.auth import caller
+from overcast.api.context import CHANGE, READ, cloud_of
 from overcast.api.negotiate import no_content, read_keys, reply, wants_json
-from overcast.cluster.cloud import Cloud
 from overcast.model.codec import Record, encode_json
 from overcast.model.resource import (
     ResourceType,
@@ -26,14 +26,6 @@ from overcast.model.user import User
 
 __all__ = ["routes"]
 
-READ = ["GET", "POST"]
-CHANGE = ["POST"]
-
-
-def _cloud(request: Request) -> Cloud:
-    cloud: Cloud = request.app.state.cloud
-    return cloud
-
 
 def _types(request: Request) -> list[ResourceType]:
     if "type" in request.path_params:
@@ -42,7 +34,7 @@ def _types(request: Request) -> list[ResourceType]:
 
 
 async def _infos(request: Request, user: User, rtype: ResourceType) -> list[Record]:
-    resources = _cloud(request).resources
+    resources = cloud_of(request).resources
     if rtype is ResourceType.IP:
         return [ip_info(ip) for ip in await resources.ips(user)]
     return [vlan_info(vlan) for vlan in await resources.vlans(user)]
@@ -51,7 +43,7 @@ async def _infos(request: Request, user: User, rtype: ResourceType) -> list[Reco
 async def _one(request: Request, user: User) -> Record:
     rtype = parse_resource_type(request.path_params["type"])
     rid = request.path_params["resource"]
-    resources = _cloud(request).resources
+    resources = cloud_of(request).resources
     if rtype is ResourceType.IP:
         return ip_info(await resources.ip(user, rid))
     return vlan_info(await resources.vlan(user, rid))
@@ -87,7 +79,7 @@ async def create(request: Request) -> Response:
     user = await caller(request)
     rtype = parse_resource_type(request.path_params["type"])
     changes = parse_resource_changes(await read_keys(request))
-    resources = _cloud(request).resources
+    resources = cloud_of(request).resources
     if rtype is ResourceType.IP:
         return reply(request, ip_info(await resources.create_ip(user, changes)))
     return reply(request, vlan_info(await resources.create_vlan(user, changes)))
@@ -98,7 +90,7 @@ async def set_(request: Request) -> Response:
     rtype = parse_resource_type(request.path_params["type"])
     rid = request.path_params["resource"]
     changes = parse_resource_changes(await read_keys(request))
-    resources = _cloud(request).resources
+    resources = cloud_of(request).resources
     if rtype is ResourceType.IP:
         return reply(request, ip_info(await resources.set_ip(user, rid, changes)))
     return reply(request, vlan_info(await resources.set_vlan(user, rid, changes)))
@@ -108,7 +100,7 @@ async def destroy(request: Request) -> Response:
     user = await caller(request)
     rtype = parse_resource_type(request.path_params["type"])
     rid = request.path_params["resource"]
-    resources = _cloud(request).resources
+    resources = cloud_of(request).resources
     if rtype is ResourceType.IP:
         await resources.destroy_ip(user, rid)
     else:

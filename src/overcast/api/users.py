@@ -12,20 +12,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from overcast.api.auth import admin, caller
+from overcast.api.context import READ, cloud_of
 from overcast.api.negotiate import no_content, read_keys, reply, reply_list
-from overcast.cluster.cloud import Cloud
 from overcast.model.codec import Record
 from overcast.model.errors import MethodError
 from overcast.model.user import User, parse_user_changes, parse_user_spec, quota_info
 
 __all__ = ["routes", "user_info"]
-
-READ = ["GET", "POST"]
-
-
-def _cloud(request: Request) -> Cloud:
-    cloud: Cloud = request.app.state.cloud
-    return cloud
 
 
 async def _admin_change(request: Request) -> User:
@@ -51,31 +44,33 @@ async def me(request: Request) -> Response:
 
 async def list_(request: Request) -> Response:
     await admin(request)
-    return reply_list(request, "user", [u.uuid for u in await _cloud(request).users.all()])
+    return reply_list(request, "user", [u.uuid for u in await cloud_of(request).users.all()])
 
 
 async def info_all(request: Request) -> Response:
     await admin(request)
-    return reply(request, [user_info(u) for u in await _cloud(request).users.all()])
+    return reply(request, [user_info(u) for u in await cloud_of(request).users.all()])
 
 
 async def info(request: Request) -> Response:
     await admin(request)
-    return reply(request, user_info(await _cloud(request).users.get(request.path_params["user"])))
+    return reply(request, user_info(await cloud_of(request).users.get(request.path_params["user"])))
 
 
 async def create(request: Request) -> Response:
     """The reply carries ``secret``: the only time the key is ever shown."""
     await _admin_change(request)
     spec = parse_user_spec(await read_keys(request))
-    user, secret = await _cloud(request).users.create(spec.name, admin=spec.admin, quota=spec.quota)
+    user, secret = await cloud_of(request).users.create(
+        spec.name, admin=spec.admin, quota=spec.quota
+    )
     return reply(request, {**user_info(user), "secret": secret})
 
 
 async def set_(request: Request) -> Response:
     await _admin_change(request)
     keys = await read_keys(request)
-    users = _cloud(request).users
+    users = cloud_of(request).users
     user = await users.get(request.path_params["user"])
     quota = parse_user_changes(keys, user)
     return reply(request, user_info(await users.set_quota(user.uuid, quota)))
@@ -83,7 +78,7 @@ async def set_(request: Request) -> Response:
 
 async def destroy(request: Request) -> Response:
     me_ = await _admin_change(request)
-    await _cloud(request).users.destroy(request.path_params["user"], caller=me_)
+    await cloud_of(request).users.destroy(request.path_params["user"], caller=me_)
     return no_content()
 
 
