@@ -51,6 +51,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from overcast.host.cpulimit import CpuLimits
 from overcast.hypervisor import net
 from overcast.hypervisor.argv import RunFiles
 from overcast.hypervisor.process import find_qemu
@@ -215,6 +216,7 @@ class HostAgent:
         self._displays: set[int] = set()  # reserved by starts under way
         self._kept: set[str] = set()  # reports that failed in this run
         self._beating: asyncio.Task[None] | None = None
+        self.cpu = CpuLimits(f"{ifprefix}-guests")
         self.rundir.mkdir(parents=True, exist_ok=True)
         # Read before this run beats: when the previous run was last alive.
         self._previous_beat = _mtime(self.rundir / _HEARTBEAT)
@@ -379,6 +381,7 @@ class HostAgent:
                 await net.ensure_tap(tap, bridge=self.bridge(vlan))
             handle = await self.driver.start(self._bind(spec, record), rundir)
             try:
+                self.cpu.apply(server, handle.pid, spec.cpu_mhz)
                 info = await self.driver.info(handle)
             except BaseException:
                 await self.driver.stop(handle)
@@ -462,6 +465,7 @@ class HostAgent:
     async def _report(self, end: GuestEnd, record: _Record, rundir: Path) -> None:
         """Free the guest's taps, tell the sink, then forget the guest."""
         await _remove_taps(record.taps)
+        self.cpu.release(end.server)
         try:
             await self.on_exit(end)
         except Exception:

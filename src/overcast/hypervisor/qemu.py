@@ -104,8 +104,6 @@ class QemuDriver:
         """
         argv = self.argv(spec, rundir)  # UsageError before any side effect
         files = RunFiles.at(rundir)
-        if spec.cpu_mhz:
-            log.info("guest %s: cpu %d MHz is not enforced by the driver", spec.uuid, spec.cpu_mhz)
         existing = await self._find(files)
         if existing is not None:
             return await self._resume_existing(existing, spec)
