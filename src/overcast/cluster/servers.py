@@ -16,6 +16,8 @@ one becomes ``stopped`` and lets go of its drives.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -31,6 +33,7 @@ from overcast.model.codec import Keys, Record
 from overcast.model.drive import ClaimType, LibraryFormat, Media
 from overcast.model.errors import (
     BusyError,
+    FailedError,
     FullError,
     MissingError,
     OvercastError,
@@ -156,7 +159,7 @@ class ServerService:
             await rows.insert_server(tx, server, () if stopped else claims)
         if stopped:
             return await self._reread(uuid)
-        return await self._run(server)
+        return await self._run(server, claims)
 
     async def _claims(self, tx: Tx, user: User, spec: ServerSpec) -> list[rows.Claim]:
         """Check every drive and the claims on it; the drives stay locked."""
@@ -184,14 +187,20 @@ class ServerService:
             claims.append(rows.Claim(drive.uuid, device.name, exclusive))
         return claims
 
-    async def _nics(self, tx: Tx, user: User, spec: ServerSpec) -> tuple[Nic, ...]:
+    async def _nics(
+        self, tx: Tx, user: User, spec: ServerSpec, keep: tuple[Nic, ...] = ()
+    ) -> tuple[Nic, ...]:
+        """Realise the NICs: check VLANs, MACs and addresses; a NIC without a
+        MAC gets a new one, or keeps its MAC from ``keep`` (same slot and
+        network), so a ``set`` on a stopped server does not change MACs."""
+        kept = {(n.index, n.vlan): n.mac for n in keep}
         nics = []
         for nic in spec.nics:
             if nic.vlan is not None:
                 vlan = await resource_rows.get_vlan(tx, nic.vlan)
                 if vlan is None or vlan.user != user.uuid:
                     raise MissingError(f"nic:{nic.index}:vlan: no vlan {nic.vlan}")
-            mac = nic.mac or new_mac()
+            mac = nic.mac or kept.get((nic.index, nic.vlan)) or new_mac()
             if nic.mac is not None and (other := await rows.mac_in_use(tx, nic.vlan, mac)):
                 raise BusyError(f"nic:{nic.index}:mac: {mac} is in use by server {other}")
             ip = await self._address(tx, user, nic.index, nic.dhcp) if nic.dhcp else None
@@ -227,24 +236,45 @@ class ServerService:
         if hmem + spec.mem > self.capacity.mem:
             raise FullError(f"no host has {spec.mem} MiB of memory free")
 
-    async def _run(self, server: Server) -> Server:
-        """Start a ``starting`` server's guest; undo the server on failure."""
+    async def _run(
+        self, server: Server, claims: list[rows.Claim], *, restart: bool = False
+    ) -> Server:
+        """Start a ``starting`` server's guest; on failure undo the create
+        (or, for a ``restart`` of a stopped server, let it be stopped again).
+
+        ``claims`` are the ones just taken: a shared drive must be opened
+        shareable, or QEMU's image lock refuses its second writer."""
+        shared = {c.drive for c in claims if not c.exclusive}
         try:
-            running = await self.host.start(self._guest(server), [n.vlan for n in server.nics])
+            guest = self._guest(server, shared)
+            running = await self.host.start(guest, [n.vlan for n in server.nics])
         except BaseException:
             async with self.store.write() as tx:
-                if server.status is ServerStatus.STOPPED:
+                if restart:  # the server existed before: it stays, stopped
                     await rows.release_claims(tx, server.uuid)
+                    await rows.set_status(tx, server.uuid, ServerStatus.STOPPED)
                 else:
                     await rows.delete_server(tx, server.uuid)
             raise
         async with self.store.write() as tx:
-            await rows.set_status(tx, server.uuid, ServerStatus.ACTIVE, started=time.time())
-            vnc = running.vnc
-            await rows.set_vnc(tx, server.uuid, vnc.ip if vnc else None, vnc.port if vnc else None)
-        return await self._reread(server.uuid)
+            current = await rows.get_server(tx, server.uuid, lock=True)
+            if current is not None and current.status is ServerStatus.STARTING:
+                await rows.set_status(tx, server.uuid, ServerStatus.ACTIVE, started=time.time())
+                vnc = running.vnc
+                await rows.set_vnc(
+                    tx, server.uuid, vnc.ip if vnc else None, vnc.port if vnc else None
+                )
+                return await rows.get_server(tx, server.uuid) or current
+        # Not starting any more: the guest ended at once (its end was
+        # processed) or a destroy deleted the row meanwhile. A guest left
+        # running for a deleted row would run for nobody: end it.
+        if current is None:
+            with contextlib.suppress(OvercastError):
+                await self.host.stop(server.uuid)
+            raise FailedError(f"server {server.uuid} ended while it was being started")
+        return current
 
-    def _guest(self, server: Server) -> GuestSpec:
+    def _guest(self, server: Server, shared: set[str]) -> GuestSpec:
         spec = server.spec
         boot = {name: i for i, name in enumerate(spec.boot)}
         if not boot and spec.devices:
@@ -263,6 +293,7 @@ class ServerService:
                     unit=unit,
                     media=_MEDIA[device.media],
                     bootindex=boot.get(device.name),
+                    shared=device.drive in shared,
                 )
             )
         nics = tuple(NicSpec(model=_MODEL[n.model], mac=n.mac) for n in server.nics)
@@ -296,10 +327,13 @@ class ServerService:
             current = await rows.get_server(tx, server.uuid, lock=True)
             if current is None or current.status is not ServerStatus.STOPPED:
                 raise BusyError(f"server {uuid} is not stopped")
-            await rows.take_claims(tx, server.uuid, await self._claims(tx, user, server.spec))
+            claims = await self._claims(tx, user, server.spec)
+            await rows.take_claims(tx, server.uuid, claims)
             await self._check_room(tx, user, server.spec)
-            await rows.set_status(tx, server.uuid, ServerStatus.STARTING)
-        return await self._run(await self._reread(server.uuid))
+            # ``started`` set on a starting row marks a restart, not a create:
+            # after a crash the reconciler stops it again instead of deleting it.
+            await rows.set_status(tx, server.uuid, ServerStatus.STARTING, started=time.time())
+        return await self._run(await self._reread(server.uuid), claims, restart=True)
 
     async def _running(self, user: User, uuid: str) -> Server:
         server = await self.owned(user, uuid)
@@ -325,21 +359,49 @@ class ServerService:
             await rows.delete_server(tx, server.uuid)
 
     async def set(self, user: User, uuid: str, keys: Keys) -> Server:
+        """Change keys; while the guest runs, only the live ones.
+
+        A key given with the value info shows for it is no change: clients
+        send a whole info record back with one key edited (``smp``, a
+        generated ``nic:0:mac`` or the running ``vnc:ip`` are then not
+        changes that a running server refuses).
+        """
         server = await self.owned(user, uuid)
-        changes = _config(keys)
+        shown = {k: str(v) for k, v in server_info(server).items()}
+        changes = {
+            k: v
+            for k, v in _config(keys).items()
+            if server.config.get(k) != v and shown.get(k) != v.strip()
+        }
         running = server.status is not ServerStatus.STOPPED
         if running:
-            for key, value in changes.items():
-                if (
-                    key not in _LIVE_KEYS
-                    and not key.startswith("user:")
-                    and (server.config.get(key) != value)
-                ):
+            for key in changes:
+                if key not in _LIVE_KEYS and not key.startswith("user:"):
                     raise BusyError(f"{key} cannot change while server {uuid} runs")
         config = {**server.config, **changes}
-        parse_server_spec(config)  # the whole result must still be valid
+        spec = parse_server_spec(config)  # the whole result must still be valid
+        if running and spec.smp != server.spec.smp:
+            raise BusyError(
+                f"cpu {spec.cpu} would make smp {spec.smp} while server {uuid} runs with "
+                f"smp {server.spec.smp}; give smp {server.spec.smp} too, or stop it first"
+            )
         async with self.store.write() as tx:
-            await rows.update_config(tx, server.uuid, config)
+            current = await rows.get_server(tx, server.uuid, lock=True)
+            if current is None:
+                raise MissingError(f"no server {uuid}")
+            if current.status is not server.status:
+                raise BusyError(f"server {uuid} changed state meanwhile; try again")
+            if running or spec.nics == server.spec.nics:
+                await rows.update_config(tx, server.uuid, config)
+            else:
+                # A stopped server's NICs changed: realise them again (MACs
+                # kept where the NIC stays), which the store does by writing
+                # the server anew; a stopped server holds no claims to lose.
+                await rows.delete_server(tx, server.uuid)
+                nics = await self._nics(tx, user, spec, keep=server.nics)
+                await rows.insert_server(
+                    tx, dataclasses.replace(server, config=config, nics=nics, started=None)
+                )
         return await self._reread(server.uuid)
 
     # -- from the host -------------------------------------------------------
@@ -373,7 +435,12 @@ class ServerService:
                     async with self.store.write() as tx:
                         await rows.set_status(tx, server.uuid, ServerStatus.ACTIVE, time.time())
                 continue
-            if server.status is ServerStatus.STARTING:
+            if server.status is ServerStatus.STARTING and server.started is not None:
+                async with self.store.write() as tx:  # an interrupted start: stopped again
+                    await rows.release_claims(tx, server.uuid)
+                    await rows.set_status(tx, server.uuid, ServerStatus.STOPPED)
+                log.info("rolled back the interrupted start of server %s", server.uuid)
+            elif server.status is ServerStatus.STARTING:
                 async with self.store.write() as tx:
                     await rows.delete_server(tx, server.uuid)
                 log.info("rolled back the interrupted create of server %s", server.uuid)
