@@ -9,20 +9,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from overcast.api.auth import caller
+from overcast.api.context import CHANGE, READ, cloud_of
 from overcast.api.negotiate import no_content, read_keys, reply, reply_list
-from overcast.cluster.cloud import Cloud
 from overcast.cluster.servers import ServerService
 from overcast.model.user import User
 
 __all__ = ["routes"]
 
-READ = ["GET", "POST"]
-CHANGE = ["POST"]
-
 
 def _servers(request: Request) -> ServerService:
-    cloud: Cloud = request.app.state.cloud
-    return cloud.servers
+    return cloud_of(request).servers
 
 
 async def list_(request: Request) -> Response:
