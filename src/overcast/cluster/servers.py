@@ -22,6 +22,7 @@ import logging
 import re
 import time
 import uuid as _uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from overcast.host.agent import GuestEnd
@@ -61,6 +62,8 @@ from overcast.store import users as user_rows
 from overcast.store.engine import Tx
 
 __all__ = ["Capacity", "ServerService"]
+
+GuestVerb = Callable[[str], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +203,13 @@ class ServerService:
                 vlan = await resource_rows.get_vlan(tx, nic.vlan)
                 if vlan is None or vlan.user != user.uuid:
                     raise MissingError(f"nic:{nic.index}:vlan: no vlan {nic.vlan}")
-            mac = nic.mac or kept.get((nic.index, nic.vlan)) or new_mac()
-            if nic.mac is not None and (other := await rows.mac_in_use(tx, nic.vlan, mac)):
+            mac = nic.mac or kept.get((nic.index, nic.vlan))
+            if mac is None:
+                # 24 random bits: a clash is rare, but draw again if it happens.
+                mac = new_mac()
+                while await rows.mac_in_use(tx, nic.vlan, mac):
+                    mac = new_mac()
+            elif nic.mac is not None and (other := await rows.mac_in_use(tx, nic.vlan, mac)):
                 raise BusyError(f"nic:{nic.index}:mac: {mac} is in use by server {other}")
             ip = await self._address(tx, user, nic.index, nic.dhcp) if nic.dhcp else None
             nics.append(Nic(nic.index, nic.model, mac, nic.vlan, ip))
@@ -341,15 +349,27 @@ class ServerService:
             raise BusyError(f"server {uuid} is not running")
         return server
 
+    async def _on_guest(
+        self, user: User, uuid: str, verb: Callable[[str], Awaitable[None]]
+    ) -> None:
+        server = await self._running(user, uuid)
+        try:
+            await verb(server.uuid)
+        except MissingError:
+            # The store still says active but the guest has just ended: its
+            # end is being processed. Not running is the caller's answer.
+            raise BusyError(f"server {uuid} is not running") from None
+
     async def shutdown(self, user: User, uuid: str) -> None:
-        await self.host.powerdown((await self._running(user, uuid)).uuid)
+        """Press the power button; the guest decides (it may not obey)."""
+        await self._on_guest(user, uuid, self.host.powerdown)
 
     async def stop(self, user: User, uuid: str) -> None:
         """Power off now; returns once the end has been processed."""
-        await self.host.stop((await self._running(user, uuid)).uuid)
+        await self._on_guest(user, uuid, self.host.stop)
 
     async def reset(self, user: User, uuid: str) -> None:
-        await self.host.reset((await self._running(user, uuid)).uuid)
+        await self._on_guest(user, uuid, self.host.reset)
 
     async def destroy(self, user: User, uuid: str) -> None:
         server = await self.owned(user, uuid)
