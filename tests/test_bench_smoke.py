@@ -74,3 +74,13 @@ def test_transfer_bench_runs_small(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     peaks = list(figures.rss_kib.values())
     assert peaks[0] > 0 and peaks == sorted(peaks)  # a high-water mark never falls
+
+
+def test_servers_bench_runs_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench_servers = _bench(monkeypatch, "bench_servers")
+    figures = bench_servers.main(small=True)
+    assert list(figures.ms) == ["a api create", "b raw qemu"]
+    for name, values in figures.ms.items():
+        assert len(values) == 3 and all(v > 0 for v in values), name
+        assert 0 < figures.p50(name) <= figures.p95(name), name
+    assert figures.concurrent == 2 and figures.burst_ms > 0

@@ -22,10 +22,15 @@ run directories the agent touches a ``heartbeat`` file every second: a
 guest that ended while no agent ran was alive when the last agent last beat,
 which bounds when it ended (see :class:`GuestEnd`).
 
-Every guest end — power-off from inside, a kill, a crash, or an end that
-happened while no agent ran — is reported exactly once per agent run; the
-manager makes its processing idempotent, since a run that dies mid-report
-reports again next time. A start that fails leaves nothing behind (no
+A QEMU found still paused before its first ``cont`` belongs to a start
+that an agent death cut short: adoption kills it and reports its end
+(:data:`INTERRUPTED`), so that the manager rolls that create back rather
+than count a guest that never runs as active.
+
+Every guest end — power-off from inside, a kill, a crash, an end that
+happened while no agent ran, or an interrupted start — is reported exactly
+once per agent run; the manager makes its processing idempotent, since a
+run that dies mid-report reports again next time. A start that fails leaves nothing behind (no
 process, no tap, no run directory) and reports nothing.
 
 Not here: the QEMU command line and QMP (``overcast.hypervisor``), how the
@@ -67,6 +72,7 @@ from overcast.model.errors import (
 )
 
 __all__ = [
+    "INTERRUPTED",
     "UNOBSERVED",
     "ExitSink",
     "GuestEnd",
@@ -81,6 +87,9 @@ log = logging.getLogger(__name__)
 
 #: The reason of an end that happened while no agent ran.
 UNOBSERVED = "unobserved"
+#: The reason of a guest killed on adoption because its start never finished
+#: (QEMU still paused before its first ``cont``).
+INTERRUPTED = "start-interrupted"
 VNC_FIRST_DISPLAY = 100
 #: Seconds between heartbeats.
 HEARTBEAT_PERIOD = 1.0
@@ -322,9 +331,11 @@ class HostAgent:
                 else:
                     if record is None:
                         record = _Record(tuple(handle.taps.values()), None)
-                    log.info("adopted guest %s (pid %d)", server, handle.pid)
-                    self._track(server, handle, record)
-                    continue
+                    if not await self._never_ran(server, handle):
+                        log.info("adopted guest %s (pid %d)", server, handle.pid)
+                        self._track(server, handle, record)
+                        continue
+                    end = GuestEnd(server, INTERRUPTED, False, time.time())
             if record is None:  # a crash before agent.json: the taps it may have made
                 record = _Record(tuple(self.tap(server, i) for i in range(_MAX_NICS)), None)
             task = asyncio.create_task(self._finish(server, end, record, rundir))
@@ -332,6 +343,31 @@ class HostAgent:
             reports.append(task)
         if reports:
             await asyncio.wait(reports)
+
+    async def _never_ran(self, server: str, handle: GuestHandle) -> bool:
+        """Whether an adopted QEMU is one whose start was cut short: still in
+        ``prelaunch``, its devices never confirmed and ``cont`` never sent.
+
+        Nobody would ever resume it: the manager counts the start as failed
+        or, not knowing, as done, and the guest would sit paused for good.
+        So it is killed here (its end is then reported like any other and the
+        manager rolls the create back). A guest this does not manage to
+        query is adopted as usual; its watcher sees if it ended.
+        """
+        try:
+            status = (await self.driver.info(handle)).status
+        except OvercastError as err:
+            log.warning("guest %s: cannot query its state on adoption: %s", server, err)
+            return False
+        if status != "prelaunch":
+            return False
+        log.warning("guest %s (pid %d) never ran: its start was interrupted", server, handle.pid)
+        try:
+            await self.driver.stop(handle)
+        except OvercastError as err:
+            log.error("guest %s: cannot kill its interrupted start: %s", server, err)
+            return False
+        return True
 
     async def close(self) -> None:
         """Let go of every guest without ending it (the agent is stopping).
