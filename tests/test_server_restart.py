@@ -422,3 +422,29 @@ def test_kill_9_during_create_leaves_a_running_server_or_nothing(site: Site) -> 
         assert set(qemus) == set(servers.values()), (outcomes, servers, qemus)
         for s in servers.values():
             _wait(lambda s=s: _reads(c, s) > 0, BOOT_TIMEOUT, f"guest {s} to run ({outcomes})")
+
+
+async def _delete_row(data: Path, server: str) -> None:
+    store = Store(load_settings(data=data).store)
+    try:
+        async with store.write() as tx:
+            await server_rows.delete_server(tx, server)
+    finally:
+        await store.close()
+
+
+def test_a_guest_without_a_server_is_stopped_at_restart(site: Site) -> None:
+    """The server row is the right to run: a guest that outlived its row
+    (whatever removed it while overcast was down) must not run on."""
+    with site.client() as c:
+        drive = site.boot_drive(c)
+        orphan = site.create(c, drive)
+    pid = site.qemu_pid(orphan["server"])
+    site.kill9()
+    asyncio.run(_delete_row(site.data, orphan["server"]))
+    assert _alive(pid)
+    site.start()
+    _wait(lambda: not _alive(pid), 10, "the orphan's end")
+    assert site.qemus() == {}
+    with site.client() as c:
+        assert _claimed(c, drive) is None

@@ -443,10 +443,16 @@ class ServerService:
     async def reconcile(self) -> None:
         """After a restart: servers the store thinks run but the host does
         not were ended meanwhile; a create interrupted before its guest ran
-        is rolled back, one whose guest runs is completed."""
+        is rolled back, one whose guest runs is completed; a guest with no
+        running server to justify it is stopped (the row is the right to
+        run)."""
         running = await self.host.running()
         async with self.store.read() as tx:
             servers = await rows.servers_on_host(tx, LOCAL_HOST)
+        justified = {s.uuid for s in servers if s.status is not ServerStatus.STOPPED}
+        for orphan in sorted(running - justified):
+            log.warning("guest %s runs without a running server: stopping it", orphan)
+            await self.host.stop(orphan)
         for server in servers:
             if server.status is ServerStatus.STOPPED:
                 continue
