@@ -189,7 +189,7 @@ def _spec(
         name="agent test",
         smp=1,
         mem_mib=128,
-        cpu_mhz=500,
+        cpu_mhz=2000,  # one core: the cgroup quota would slow a smaller guest's boot
         disks=disks,
         nics=nics,
         vnc=vnc,

@@ -44,7 +44,12 @@ class CpuLimits:
         return max(1000, cpu_mhz * PERIOD_US // MHZ_PER_CORE)
 
     def apply(self, server: str, pid: int, cpu_mhz: int) -> bool:
-        """Cap ``pid`` (the guest's QEMU) at ``cpu_mhz``; False if not enforced."""
+        """Cap ``pid`` (the guest's QEMU) at ``cpu_mhz``; False if not enforced.
+
+        ``cpu_mhz`` 0 asks for no limit (the API never sends it; tools may).
+        """
+        if cpu_mhz == 0:
+            return False
         if self.base is None:
             log.warning("guest %s: cpu %d MHz is not enforced: no cpu cgroup", server, cpu_mhz)
             return False
