@@ -160,7 +160,8 @@ def _mac(key: str, value: str) -> str:
     return mac
 
 
-def _dhcp(key: str, value: str) -> str:
+def _auto_or_address(key: str, value: str) -> str:
+    """``auto`` or an IP address (``nic:N:dhcp``, ``vnc``)."""
     text = value.strip()
     if text == "auto":
         return text
@@ -168,16 +169,6 @@ def _dhcp(key: str, value: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise UsageError(f"{key}: {value[:60]!r} is not an IP address or auto") from None
-
-
-def _vnc(key: str, value: str) -> str:
-    text = value.strip()
-    if text == "auto":
-        return text
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise UsageError(f"{key}: {value[:60]!r} is not auto or an IP address") from None
 
 
 def _callback(value: str) -> str:
@@ -253,7 +244,7 @@ def parse_server_spec(keys: Keys) -> ServerSpec:
     if password is not None and len(password) > 8:
         raise UsageError("vnc:password: at most 8 characters")
     vnc_value = keys.get("vnc", keys.get("vnc:ip"))
-    vnc = _vnc("vnc", vnc_value) if vnc_value is not None else None
+    vnc = _auto_or_address("vnc", vnc_value) if vnc_value is not None else None
     if vnc is None and password:
         vnc = "auto"
     return ServerSpec(
@@ -290,7 +281,7 @@ def _nic(index: int, keys: dict[str, str]) -> NicSpec:
             f"{prefix}:model: {keys['model'][:20]!r} is not e1000, rtl8139 or virtio"
         ) from None
     vlan = parse_uuid(f"{prefix}:vlan", keys["vlan"]) if "vlan" in keys else None
-    dhcp = _dhcp(f"{prefix}:dhcp", keys["dhcp"]) if "dhcp" in keys else None
+    dhcp = _auto_or_address(f"{prefix}:dhcp", keys["dhcp"]) if "dhcp" in keys else None
     if vlan and dhcp:
         raise UsageError(f"{prefix}: dhcp addresses are for the public network, not a VLAN")
     mac = _mac(f"{prefix}:mac", keys["mac"]) if "mac" in keys else None
