@@ -64,3 +64,18 @@ def test_cpu_is_a_quota_on_the_guest(cloud: Cloud, user: httpx.Client) -> None:
     finally:
         assert user.post(f"/servers/{uuid}/destroy").status_code == 204
     assert not group.exists()
+
+
+def test_cpu_set_on_a_running_server_changes_its_quota(cloud: Cloud, user: httpx.Client) -> None:
+    limits = CpuLimits("oc-guests")
+    assert limits.base is not None
+    server = _info(user.post("/servers/create", content="name live\ncpu 1000\nmem 64\nsmp 1\n"))
+    uuid = server["server"]
+    quota = "cpu.cfs_quota_us" if limits.version == 1 else "cpu.max"
+    try:
+        assert (limits.base / uuid / quota).read_text().split()[0] == str(PERIOD_US // 2)
+        changed = _info(user.post(f"/servers/{uuid}/set", content="cpu 1500\n"))
+        assert changed["cpu"] == "1500" and changed["status"] == "active"
+        assert (limits.base / uuid / quota).read_text().split()[0] == str(PERIOD_US * 3 // 4)
+    finally:
+        assert user.post(f"/servers/{uuid}/destroy").status_code == 204

@@ -37,6 +37,10 @@ def test_vnc_password_gives_a_locked_console(cloud: Cloud, user: httpx.Client) -
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         assert b"qemu-system" in cmdline
         assert b"s3cret" not in cmdline  # set over QMP, never on the command line
+        # A running server's password may change (API.md); it is applied now.
+        changed = _info(user.post(f"/servers/{server['server']}/set", content="vnc:password n3w\n"))
+        assert changed["vnc:password"] == "n3w" and changed["vnc:port"] == str(port)
+        assert _auth_types(port) == b"\x02"
     finally:
         assert user.post(f"/servers/{server['server']}/destroy").status_code == 204
 

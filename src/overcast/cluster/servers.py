@@ -422,6 +422,16 @@ class ServerService:
                 await rows.insert_server(
                     tx, dataclasses.replace(server, config=config, nics=nics, started=None)
                 )
+        if running and (
+            spec.cpu != server.spec.cpu or spec.vnc_password != server.spec.vnc_password
+        ):
+            await self.host.update(
+                server.uuid,
+                cpu_mhz=spec.cpu if spec.cpu != server.spec.cpu else None,
+                vnc_password=spec.vnc_password
+                if spec.vnc_password != server.spec.vnc_password
+                else None,
+            )
         return await self._reread(server.uuid)
 
     # -- from the host -------------------------------------------------------

@@ -293,6 +293,17 @@ class HostAgent:
     async def resume(self, server: str) -> None:
         await self.driver.resume(self._guest(server).handle)
 
+    async def update(
+        self, server: str, *, cpu_mhz: int | None = None, vnc_password: str | None = None
+    ) -> None:
+        """Change what may change under a running guest: its CPU quota and
+        its console password."""
+        guest = self._guest(server)
+        if cpu_mhz is not None:
+            self.cpu.apply(server, guest.handle.pid, cpu_mhz)
+        if vnc_password is not None and guest.record.vnc is not None:
+            await guest.handle.qmp("change-vnc-password", {"password": vnc_password})
+
     async def info(self, server: str) -> RunningGuest:
         guest = self._guest(server)
         return RunningGuest(await self.driver.info(guest.handle), guest.record.vnc)

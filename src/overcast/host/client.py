@@ -52,6 +52,12 @@ class HostClient(Protocol):
 
     async def resume(self, server: str) -> None: ...
 
+    async def update(
+        self, server: str, *, cpu_mhz: int | None = None, vnc_password: str | None = None
+    ) -> None:
+        """Apply a new CPU quota or console password to a running guest."""
+        ...
+
     async def info(self, server: str) -> RunningGuest:
         """The guest's state, devices and counters now."""
         ...
@@ -92,6 +98,11 @@ class LocalHost(HostClient):
 
     async def resume(self, server: str) -> None:
         await self.agent.resume(server)
+
+    async def update(
+        self, server: str, *, cpu_mhz: int | None = None, vnc_password: str | None = None
+    ) -> None:
+        await self.agent.update(server, cpu_mhz=cpu_mhz, vnc_password=vnc_password)
 
     async def info(self, server: str) -> RunningGuest:
         return await self.agent.info(server)
