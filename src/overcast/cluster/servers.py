@@ -56,6 +56,7 @@ from overcast.model.server import (
 from overcast.model.user import User
 from overcast.store import Store
 from overcast.store import drives as drive_rows
+from overcast.store import events as event_rows
 from overcast.store import resources as resource_rows
 from overcast.store import servers as rows
 from overcast.store import users as user_rows
@@ -437,11 +438,24 @@ class ServerService:
     # -- from the host -------------------------------------------------------
 
     async def guest_ended(self, end: GuestEnd) -> None:
-        """A guest ended (any reason): delete or stop its server. Idempotent."""
+        """A guest ended (any reason): delete or stop its server, and append
+        its ``server.exit`` event in the same transaction, so that the change
+        and its event are committed together or not at all. Idempotent: a
+        server already gone or stopped has had its event."""
         async with self.store.write() as tx:
             server = await rows.get_server(tx, end.server, lock=True)
             if server is None or server.status is ServerStatus.STOPPED:
                 return
+            await event_rows.append_event(
+                tx,
+                type="server.exit",
+                user=server.user,
+                server=server.uuid,
+                reason=end.reason,
+                at=end.at,
+                body=server_info(server),
+                callback=server.spec.callback_exit,
+            )
             if server.spec.persistent:
                 await rows.release_claims(tx, server.uuid)
                 await rows.set_vnc(tx, server.uuid, None, None)

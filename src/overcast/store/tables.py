@@ -12,7 +12,19 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["claims", "drives", "ip_pools", "ips", "metadata", "nics", "servers", "users", "vlans"]
+__all__ = [
+    "claims",
+    "deliveries",
+    "drives",
+    "events",
+    "ip_pools",
+    "ips",
+    "metadata",
+    "nics",
+    "servers",
+    "users",
+    "vlans",
+]
 
 metadata = sa.MetaData(
     naming_convention={
@@ -175,4 +187,48 @@ nics = sa.Table(
     # Also the index for lookups by network.
     sa.UniqueConstraint("network", "mac", name="uq_nics_network_mac"),
     sa.CheckConstraint("network = COALESCE(vlan, '')", name="ck_nics_network"),
+)
+
+#: The transactional outbox: one row per exit or revive, written by the same
+#: transaction as the state change that caused it. ``id`` orders the event
+#: feed (its cursor); ``uuid`` is the webhook id, stable across retries;
+#: ``seq`` counts a server's events from 1. No foreign key to ``servers``:
+#: an exit outlives the server it ends.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("uuid", sa.String(36), nullable=False, unique=True),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("user", sa.String(36), nullable=False, index=True),
+    sa.Column("server", sa.String(36), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("callback", sa.Text),
+    # Also the index for a server's events: a second event with the same
+    # number (two writers racing) is an IntegrityError.
+    sa.UniqueConstraint("server", "seq", name="uq_events_server_seq"),
+)
+
+#: One callback still to make, or made, for an event. ``delivered_at`` set:
+#: done; ``abandoned_at`` set: retried for as long as we promise, given up.
+#: Neither: pending, due at ``next_attempt``.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column(
+        "event",
+        sa.Integer,
+        sa.ForeignKey("events.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt", sa.Float, nullable=False, index=True),
+    sa.Column("delivered_at", sa.Float),
+    sa.Column("abandoned_at", sa.Float),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created", sa.Float, nullable=False),
 )
