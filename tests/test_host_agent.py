@@ -36,6 +36,7 @@ from overcast.hypervisor.kvm import choose_accel
 from overcast.hypervisor.qemu import QemuDriver
 from overcast.hypervisor.spec import Accel, DiskSpec, GuestSpec, NicSpec, VncSpec
 from overcast.model.errors import BusyError, FailedError, MissingError, UsageError
+from qemus import qemus_in
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_DIR = REPO / "build" / "guest"
@@ -78,7 +79,7 @@ def work(ifprefix: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        for pid in _qemus_in(path):
+        for pid in qemus_in(path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(path, ignore_errors=True)
@@ -145,22 +146,6 @@ async def host(work: Path, accel: Accel, ifprefix: str) -> AsyncIterator[Host]:
     finally:
         for agent in made.agents:
             await agent.close()
-
-
-def _qemus_in(path: Path) -> list[int]:
-    """Live (not zombie) QEMU processes whose command line mentions ``path``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"qemu-system" in argv and str(path).encode() in argv and state != "Z":
-            found.append(int(proc.name))
-    return found
 
 
 def _overlay(work: Path, backing: Path, name: str) -> Path:
@@ -297,7 +282,7 @@ async def test_boot_reset_and_power_button(host: Host, guest_image: Path) -> Non
     assert await net.link(tap) is None
     await _eventually(lambda: not (host.rundir / server).exists())
     assert agent.running() == set()
-    assert _qemus_in(host.work) == []
+    assert qemus_in(host.work) == []
     with pytest.raises(MissingError):
         await agent.info(server)
     await asyncio.sleep(0.3)
@@ -371,7 +356,7 @@ async def test_a_failed_start_leaves_nothing(host: Host) -> None:
     with pytest.raises(FailedError, match='Failed to get "write" lock'):
         await agent.start(second, [vlan])
     assert not (host.rundir / second.uuid).exists()
-    assert _qemus_in(host.rundir / second.uuid) == []
+    assert qemus_in(host.rundir / second.uuid) == []
     assert await net.link(agent.tap(second.uuid, 0)) is None
     assert agent.running() == {first.uuid}
     assert (await agent.info(first.uuid)).info.running
@@ -408,7 +393,7 @@ async def test_a_cancelled_start_leaves_nothing(host: Host) -> None:
         except asyncio.CancelledError:
             outcomes.append("cancelled")
             assert not (host.rundir / spec.uuid).exists()
-            assert _qemus_in(host.rundir / spec.uuid) == []
+            assert qemus_in(host.rundir / spec.uuid) == []
             assert await net.link(agent.tap(spec.uuid, 0)) is None
         else:
             outcomes.append("started")
@@ -482,7 +467,7 @@ async def test_guests_outlive_the_agent_and_are_adopted(host: Host) -> None:
 
     await first.close()  # overcast goes away; its guests do not
     assert first_ends.all == []
-    assert sorted(_qemus_in(host.work)) == sorted([before.info.pid, victim])
+    assert sorted(qemus_in(host.work)) == sorted([before.info.pid, victim])
     assert await net.link(first.tap(doomed.uuid, 0)) is not None
     gone = _process_end(victim)
     os.kill(victim, signal.SIGKILL)
@@ -509,7 +494,7 @@ async def test_guests_outlive_the_agent_and_are_adopted(host: Host) -> None:
     assert second.running() == {kept.uuid} and len(ends.calls) == 1
     await second.stop(kept.uuid)
     assert [e.server for e in ends.all] == [doomed.uuid, kept.uuid]
-    assert _qemus_in(host.work) == []
+    assert qemus_in(host.work) == []
 
 
 async def test_an_end_whose_report_failed_is_reported_by_the_next_run(host: Host) -> None:

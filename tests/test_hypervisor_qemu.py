@@ -33,6 +33,7 @@ from overcast.hypervisor.kvm import CACHE_FILE, choose_accel, run_probe, write_f
 from overcast.hypervisor.qemu import GuestHandle, QemuDriver
 from overcast.hypervisor.spec import Accel, DiskSpec, GuestSpec, NicSpec, VncSpec
 from overcast.model.errors import BusyError, FailedError, MissingError, UsageError
+from qemus import qemus_in
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +52,7 @@ def work() -> Iterator[Path]:
     try:
         yield path
     finally:
-        for pid in _qemus_in(path):
+        for pid in qemus_in(path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(path, ignore_errors=True)
@@ -60,22 +61,6 @@ def work() -> Iterator[Path]:
 @pytest.fixture
 def driver(accel: Accel) -> QemuDriver:
     return QemuDriver(accel, timeout=15.0)
-
-
-def _qemus_in(path: Path) -> list[int]:
-    """Live (not zombie) QEMU processes whose command line mentions ``path``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"qemu-system" in argv and str(path).encode() in argv and state != "Z":
-            found.append(int(proc.name))
-    return found
 
 
 def _image(work: Path, name: str, size: str = "16M") -> Path:
@@ -187,7 +172,7 @@ async def test_a_second_start_on_the_same_image_fails_and_leaves_nothing(
             await driver.start(_spec(DiskSpec(image, "virtio", 0, 0)), work / "b")
         assert "drive-block-0" in caught.value.message
         assert not (work / "b").exists()
-        assert _qemus_in(work / "b") == []
+        assert qemus_in(work / "b") == []
         assert (await driver.info(first)).running
     finally:
         await driver.stop(first)
@@ -341,7 +326,7 @@ async def test_a_cancelled_start_leaves_nothing_behind(driver: QemuDriver, work:
             guest: GuestHandle = await task
         except asyncio.CancelledError:
             outcomes.append("cancelled")
-            assert _qemus_in(rundir) == []
+            assert qemus_in(rundir) == []
             assert not rundir.exists()
         else:
             outcomes.append("started")
