@@ -1,1 +1,1 @@
-pytest_plugins = ["pg", "cloud", "stores"]
+pytest_plugins = ["pg", "cloud", "stores", "qemus"]

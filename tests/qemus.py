@@ -1,10 +1,29 @@
-"""Finding the QEMU processes a test started, from the process table."""
+"""QEMU in tests: the accelerator to use, and finding the QEMU processes a
+test started from the process table."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import tempfile
 from pathlib import Path
 
-__all__ = ["qemus_in"]
+import pytest
+
+from overcast.hypervisor.kvm import choose_accel
+from overcast.hypervisor.spec import Accel
+
+__all__ = ["accel", "qemus_in"]
+
+
+@pytest.fixture(scope="session")
+def accel() -> Accel:
+    """KVM if the probe finds it usable, else TCG (probed once per run)."""
+    cache = Path(tempfile.mkdtemp(prefix="oc-kvm-"))
+    try:
+        return asyncio.run(choose_accel(cache)).accel
+    finally:
+        shutil.rmtree(cache)
 
 
 def qemus_in(path: Path) -> list[int]:

@@ -22,7 +22,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from standardwebhooks import Webhook
 
-from overcast.events import outbox
 from overcast.events.delivery import Deliverer, backoff
 from overcast.store import Store
 from overcast.store import events as rows
@@ -109,14 +108,14 @@ def _deliverer(store: Store, **kw: float) -> Deliverer:
 
 async def _record(store: Store, url: str, server: str = "srv-1", user: str = "alice") -> rows.Event:
     async with store.write() as tx:
-        return await outbox.record(
+        return await rows.append_event(
             tx,
             type="server.exit",
             user=user,
             server=server,
             reason="poweroff",
             at=1234.5,
-            info={"server": server, "name": "web", "status": "stopped"},
+            body={"server": server, "name": "web", "status": "stopped"},
             callback=url,
         )
 

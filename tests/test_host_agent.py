@@ -32,7 +32,6 @@ import pytest
 from overcast.host.agent import UNOBSERVED, GuestEnd, HostAgent, RunningGuest
 from overcast.host.client import HostClient, LocalHost
 from overcast.hypervisor import net
-from overcast.hypervisor.kvm import choose_accel
 from overcast.hypervisor.qemu import QemuDriver
 from overcast.hypervisor.spec import Accel, DiskSpec, GuestSpec, NicSpec, VncSpec
 from overcast.model.errors import BusyError, FailedError, MissingError, UsageError
@@ -49,15 +48,6 @@ def guest_image() -> Path:
     """The test guest's disk; the build script does nothing when it is up to date."""
     subprocess.run(["bash", str(REPO / "scripts" / "build-guest.sh")], check=True, timeout=600)
     return GUEST_DIR / "guest.img"
-
-
-@pytest.fixture(scope="module")
-def accel() -> Accel:
-    cache = Path(tempfile.mkdtemp(prefix="oc-kvm-"))
-    try:
-        return asyncio.run(choose_accel(cache)).accel
-    finally:
-        shutil.rmtree(cache)
 
 
 @pytest.fixture

@@ -36,15 +36,6 @@ from overcast.model.errors import BusyError, FailedError, MissingError, UsageErr
 from qemus import qemus_in
 
 
-@pytest.fixture(scope="session")
-def accel() -> Accel:
-    cache = Path(tempfile.mkdtemp(prefix="oc-kvm-"))
-    try:
-        return asyncio.run(choose_accel(cache)).accel
-    finally:
-        shutil.rmtree(cache)
-
-
 @pytest.fixture
 def work() -> Iterator[Path]:
     """A short directory (unix socket paths hold 107 bytes); kills any QEMU left in it."""
