@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import uuid as _uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from overcast.model.codec import check_value
 from overcast.model.errors import UsageError
@@ -21,6 +22,7 @@ __all__ = [
     "parse_name",
     "parse_size",
     "parse_tags",
+    "parse_time",
     "parse_uuid",
     "parse_uuid_list",
     "user_meta",
@@ -38,6 +40,9 @@ _INT = re.compile(r"-?[0-9]+")
 _MAX_DIGITS = 24
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MAX_TAG = 64
+_NUMBER = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+#: Times up to the year 5138: well past any ledger, well inside a float.
+_MAX_TIME = 1e11
 
 
 def parse_uuid(key: str, value: str) -> str:
@@ -140,3 +145,23 @@ def parse_tags(key: str, value: str) -> tuple[str, ...]:
 def user_meta(keys: Mapping[str, str]) -> dict[str, str]:
     """The free ``user:*`` metadata among ``keys``."""
     return {k: v for k, v in keys.items() if k.startswith("user:")}
+
+
+def parse_time(key: str, text: str) -> float:
+    """Epoch seconds, or an ISO 8601 time (UTC unless it says otherwise)."""
+    value = text.strip()
+    if _NUMBER.fullmatch(value):
+        seconds = float(value)
+    else:
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise UsageError(
+                f"{key}: {text[:60]!r} is neither epoch seconds nor an ISO 8601 time"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp()
+    if not 0 <= seconds < _MAX_TIME:
+        raise UsageError(f"{key}: {text[:60]!r} is out of range")
+    return seconds

@@ -7,6 +7,8 @@ as strong as a slow one here and keeps authentication off the hot path.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import secrets
 from dataclasses import dataclass, field
@@ -20,7 +22,9 @@ __all__ = [
     "Quota",
     "User",
     "UserSpec",
+    "callback_key",
     "digest_key",
+    "new_callback_secret",
     "new_key",
     "parse_quota",
     "parse_user_changes",
@@ -35,6 +39,24 @@ def new_key() -> str:
 
 def digest_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+#: Standard Webhooks' prefix for a signing secret.
+_WHSEC = "whsec_"
+
+
+def new_callback_secret() -> str:
+    """A callback signing secret as Standard Webhooks writes one: ``whsec_``
+    and 24 random bytes in base64, which its libraries take as is."""
+    return _WHSEC + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def callback_key(secret: str) -> bytes:
+    """The HMAC key a ``whsec_…`` secret stands for."""
+    try:
+        return base64.b64decode(secret.removeprefix(_WHSEC), validate=True)
+    except binascii.Error:
+        raise ValueError("malformed callback secret") from None
 
 
 #: Quota keys on the wire and the :class:`Quota` fields they set.

@@ -31,10 +31,10 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -126,6 +126,10 @@ def migrate(url: str) -> None:
         engine.dispose()
 
 
+#: One statement's parameters, or a list of them (one execution each).
+Params: TypeAlias = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+
+
 class Tx:
     """One open transaction, as the store's functions see it.
 
@@ -133,9 +137,10 @@ class Tx:
     fetched), so the store's functions read the same on both backends.
     """
 
-    async def execute(
-        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
-    ) -> sa.Result[Any]:
+    #: ``sqlite`` or ``postgresql``, for the few statements that differ.
+    dialect: str
+
+    async def execute(self, statement: sa.Executable, parameters: Params = None) -> sa.Result[Any]:
         raise NotImplementedError
 
     async def run_sync(self, work: Callable[[sa.Connection], T]) -> T:
@@ -146,13 +151,13 @@ class Tx:
 
 
 class _SqliteTx(Tx):
+    dialect = "sqlite"
+
     def __init__(self, conn: sa.Connection, run: _Runner) -> None:
         self._conn = conn
         self._run = run
 
-    async def execute(
-        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
-    ) -> sa.Result[Any]:
+    async def execute(self, statement: sa.Executable, parameters: Params = None) -> sa.Result[Any]:
         result: sa.Result[Any] = await self._run(
             functools.partial(_buffered, self._conn, statement, parameters)
         )
@@ -166,19 +171,16 @@ class _SqliteTx(Tx):
 class _AsyncTx(Tx):
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self.dialect = conn.dialect.name
 
-    async def execute(
-        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
-    ) -> sa.Result[Any]:
+    async def execute(self, statement: sa.Executable, parameters: Params = None) -> sa.Result[Any]:
         return await self._conn.execute(statement, parameters)
 
     async def run_sync(self, work: Callable[[sa.Connection], T]) -> T:
         return await self._conn.run_sync(work)
 
 
-def _buffered(
-    conn: sa.Connection, statement: sa.Executable, parameters: Mapping[str, Any] | None
-) -> sa.Result[Any]:
+def _buffered(conn: sa.Connection, statement: sa.Executable, parameters: Params) -> sa.Result[Any]:
     result = conn.execute(statement, parameters)
     if not result.returns_rows:
         return result

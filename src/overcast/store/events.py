@@ -13,8 +13,10 @@ event N has been delivered (or abandoned). What to retry when, and the
 HTTP itself, belong to :mod:`overcast.events.delivery`.
 
 On PostgreSQL an ``id`` is taken at insert and becomes visible at commit,
-so ids may commit out of order; a feed reader that must not skip one needs
-more than ``id > cursor`` (left to the event feed).
+so two appending transactions could commit out of id order and a feed
+reader at ``id > cursor`` skip the earlier one. :func:`append_event` takes
+a transaction-scoped advisory lock first, so appending transactions run
+their append-to-commit one at a time, in id order. (SQLite has one writer.)
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ __all__ = [
     "mark_delivered",
     "mark_failed",
 ]
+
+
+#: The advisory lock that orders appends on PostgreSQL ("oc-event" in ASCII).
+_APPEND_LOCK = 0x6F632D6576656E74
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,8 @@ async def append_event(
 ) -> Event:
     """Append an event (and its delivery, when it has a ``callback``),
     numbered after the server's last one; due at once."""
+    if tx.dialect == "postgresql":
+        await tx.execute(sa.select(sa.func.pg_advisory_xact_lock(_APPEND_LOCK)))
     last = (
         await tx.execute(sa.select(sa.func.max(events.c.seq)).where(events.c.server == server))
     ).scalar_one()

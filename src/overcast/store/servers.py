@@ -205,9 +205,15 @@ def _list(conn: sa.Connection, *, where: sa.ColumnElement[bool]) -> list[Server]
 
 
 async def set_status(tx: Tx, uuid: str, status: ServerStatus, started: float | None = None) -> None:
-    """Record a new status and the time the guest started (None: not running)."""
+    """Record a new status and the time the guest started (None: not running).
+
+    The ledger's mark goes back to empty: a run's usage is counted from its
+    own start (the caller billed the run that ended, in the same transaction).
+    """
     await tx.execute(
-        servers.update().where(servers.c.uuid == uuid).values(status=status.value, started=started)
+        servers.update()
+        .where(servers.c.uuid == uuid)
+        .values(status=status.value, started=started, billed=None)
     )
 
 

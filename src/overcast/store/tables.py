@@ -22,6 +22,7 @@ __all__ = [
     "metadata",
     "nics",
     "servers",
+    "usage",
     "users",
     "vlans",
 ]
@@ -48,6 +49,9 @@ users = sa.Table(
     sa.Column("quota_cpu", sa.BigInteger),
     sa.Column("quota_mem", sa.BigInteger),
     sa.Column("created", sa.Float, nullable=False),
+    # Signs the user's callbacks (Standard Webhooks ``whsec_…``). Unlike the
+    # API key it must be kept: the signer needs the secret itself.
+    sa.Column("callback_secret", sa.String(64)),
 )
 
 drives = sa.Table(
@@ -74,6 +78,8 @@ drives = sa.Table(
     sa.Column("format", sa.String(8)),
     sa.Column("rawsize", sa.BigInteger),
     sa.Column("created", sa.Float, nullable=False),
+    # Usage is in the ledger up to here (NULL: since ``created``).
+    sa.Column("billed", sa.Float),
 )
 
 #: A drive attached to a running server. An exclusive claim is the only row
@@ -153,6 +159,8 @@ servers = sa.Table(
     sa.Column("vnc_port", sa.Integer),
     sa.Column("started", sa.Float),
     sa.Column("created", sa.Float, nullable=False),
+    # This run's usage is in the ledger up to here (NULL: since ``started``).
+    sa.Column("billed", sa.Float),
     # One VNC port per host; NULLs (no VNC) never collide.
     sa.UniqueConstraint("host", "vnc_port", name="uq_servers_host_vnc_port"),
 )
@@ -231,4 +239,25 @@ deliveries = sa.Table(
     sa.Column("abandoned_at", sa.Float),
     sa.Column("last_error", sa.Text),
     sa.Column("created", sa.Float, nullable=False),
+)
+
+#: The billing ledger: one row per interval of use. A server's rows tile its
+#: running time (from ``started`` to its end, cut by the periodic "exists"
+#: rows); a drive's tile its life. ``cpu`` (MHz) and ``mem`` (MiB) for
+#: servers, ``bytes`` for drives, as they were over the interval.
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user", sa.String(36), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("object", sa.String(36), nullable=False, index=True),
+    sa.Column("start", sa.Float, nullable=False),
+    sa.Column("end", sa.Float, nullable=False),
+    sa.Column("cpu", sa.Integer),
+    sa.Column("mem", sa.Integer),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("recorded", sa.Float, nullable=False),
+    sa.Index("ix_usage_user_end", "user", "end"),
 )

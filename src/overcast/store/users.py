@@ -7,18 +7,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from overcast.model.user import Quota, User
+from overcast.model.user import Quota, User, new_callback_secret
 from overcast.store.engine import Tx
 from overcast.store.rows import now
 from overcast.store.tables import drives, ips, servers, users, vlans
 
 __all__ = [
+    "callback_secret",
     "count_users",
     "delete_user",
     "get_user",
     "insert_user",
     "list_users",
     "owned_kinds",
+    "set_callback_secret",
     "set_quota",
     "set_user_key",
     "user_by_digest",
@@ -45,7 +47,12 @@ async def insert_user(
     user = User(uuid=uuid or str(_uuid.uuid4()), name=name, admin=admin, quota=Quota())
     await conn.execute(
         users.insert().values(
-            uuid=user.uuid, name=name, key_digest=key_digest, admin=admin, created=now()
+            uuid=user.uuid,
+            name=name,
+            key_digest=key_digest,
+            admin=admin,
+            created=now(),
+            callback_secret=new_callback_secret(),
         )
     )
     return user
@@ -88,6 +95,16 @@ async def set_quota(conn: Tx, uuid: str, quota: Quota) -> None:
             quota_mem=quota.mem,
         )
     )
+
+
+async def callback_secret(conn: Tx, uuid: str) -> str | None:
+    """The user's callback signing secret; None for no such user."""
+    query = sa.select(users.c.callback_secret).where(users.c.uuid == uuid)
+    return (await conn.execute(query)).scalar_one_or_none()
+
+
+async def set_callback_secret(conn: Tx, uuid: str, secret: str) -> None:
+    await conn.execute(users.update().where(users.c.uuid == uuid).values(callback_secret=secret))
 
 
 async def set_user_key(conn: Tx, uuid: str, key_digest: str) -> None:
