@@ -5,6 +5,10 @@ environment variables, then command-line options (each overriding the last).
 
     listen = "127.0.0.1:8080"
     store = "postgresql://overcast@db/overcast"
+    callback_private = false    # allow callbacks to loopback/private addresses
+    billing_interval = 3600     # seconds between "exists" usage records
+    callback_timeout = 10       # seconds one callback request may take
+    callback_retry = 5          # seconds before the first retry (then doubling)
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ class Settings:
     data: Path
     listen: str
     store: str
+    #: Users' callbacks may go to loopback, link-local and private addresses.
+    callback_private: bool = False
+    billing_interval: float = 3600.0
+    callback_timeout: float = 10.0
+    callback_retry: float = 5.0
 
     @property
     def drives_dir(self) -> Path:
@@ -53,13 +62,51 @@ def load_settings(
     if file.is_file():
         with open(file, "rb") as f:
             values = {k: str(v) for k, v in tomllib.load(f).items()}
-    for key in ("listen", "store"):
+    for key in _KEYS:
         if env := os.environ.get(f"OVERCAST_{key.upper()}"):
             values[key] = env
+    unknown = values.keys() - _KEYS
+    if unknown:
+        raise ValueError(f"{file}: unknown setting(s) {', '.join(sorted(unknown))}")
     settings = Settings(
         data=data_dir,
         listen=listen or values.get("listen", "127.0.0.1:8080"),
         store=store or values.get("store", f"sqlite:///{data_dir / 'overcast.db'}"),
+        callback_private=_bool("callback_private", values.get("callback_private", "false")),
+        billing_interval=_seconds("billing_interval", values.get("billing_interval", "3600")),
+        callback_timeout=_seconds("callback_timeout", values.get("callback_timeout", "10")),
+        callback_retry=_seconds("callback_retry", values.get("callback_retry", "5")),
     )
     parse_listen(settings.listen)
     return settings
+
+
+_KEYS = frozenset(
+    {
+        "listen",
+        "store",
+        "callback_private",
+        "billing_interval",
+        "callback_timeout",
+        "callback_retry",
+    }
+)
+
+
+def _bool(key: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"setting {key}: {value!r} is not true or false")
+
+
+def _seconds(key: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"setting {key}: {value!r} is not a number of seconds") from None
+    if not 0 < seconds < 1e9:
+        raise ValueError(f"setting {key}: must be positive")
+    return seconds

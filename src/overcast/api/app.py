@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from overcast.api import drives, resources, servers, users
+from overcast.api import billing, drives, events, resources, servers, users
 from overcast.api.errors import UnexpectedErrors, handle_error, handle_http
 from overcast.api.requestid import RequestIdMiddleware
 from overcast.cluster.cloud import Cloud
@@ -32,7 +32,14 @@ def build_app(settings: Settings) -> Starlette:
             await cloud.close()
 
     return Starlette(
-        routes=[*drives.routes, *resources.routes, *servers.routes, *users.routes],
+        routes=[
+            *drives.routes,
+            *resources.routes,
+            *servers.routes,
+            *users.routes,
+            *events.routes,
+            *billing.routes,
+        ],
         middleware=[Middleware(RequestIdMiddleware), Middleware(UnexpectedErrors)],
         exception_handlers={
             OvercastError: handle_error,

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from overcast.api.auth import admin, caller
-from overcast.api.context import READ, cloud_of
+from overcast.api.context import CHANGE, READ, cloud_of
 from overcast.api.negotiate import no_content, read_keys, reply, reply_list
 from overcast.model.codec import Record
 from overcast.model.errors import MethodError
@@ -39,7 +39,17 @@ def user_info(user: User) -> Record:
 
 
 async def me(request: Request) -> Response:
-    return reply(request, user_info(await caller(request)))
+    """The caller's info with their callback signing secret."""
+    user = await caller(request)
+    secret = await cloud_of(request).users.callback_secret(user.uuid)
+    return reply(request, {**user_info(user), "callback:secret": secret})
+
+
+async def rotate_callback_secret(request: Request) -> Response:
+    """A new signing secret; the reply shows it (as ``/user/info`` will)."""
+    user = await caller(request)
+    secret = await cloud_of(request).users.rotate_callback_secret(user.uuid)
+    return reply(request, {**user_info(user), "callback:secret": secret})
 
 
 async def list_(request: Request) -> Response:
@@ -84,6 +94,7 @@ async def destroy(request: Request) -> Response:
 
 routes = [
     Route("/user/info", me, methods=READ),
+    Route("/user/callback/rotate", rotate_callback_secret, methods=CHANGE),
     Route("/users/list", list_, methods=READ),
     Route("/users/info", info_all, methods=READ),
     Route("/users/create", create, methods=READ),

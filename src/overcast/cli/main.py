@@ -7,22 +7,31 @@ API's text format) are stable.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 import uvicorn
+from rich.console import Console
+from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from overcast.api.app import build_app
 from overcast.cluster.cloud import Cloud
 from overcast.config import Settings, load_settings
+from overcast.events.ledger import UsageTotal, totals
 from overcast.logs import setup_logging
 from overcast.model.codec import encode_text
 from overcast.model.drive import Drive, Media, drive_info
 from overcast.model.errors import OvercastError
+from overcast.model.keys import parse_time, parse_uuid
+from overcast.store.usage import usage_between
 
 __all__ = ["app"]
 
@@ -33,10 +42,12 @@ admin = typer.Typer(no_args_is_help=True, help="Operator commands on the store."
 user_cmd = typer.Typer(no_args_is_help=True, help="Users.")
 drive_cmd = typer.Typer(no_args_is_help=True, help="Library drives.")
 ip_cmd = typer.Typer(no_args_is_help=True, help="IP address pools.")
+billing_cmd = typer.Typer(no_args_is_help=True, help="The usage ledger.")
 app.add_typer(admin, name="admin")
 admin.add_typer(user_cmd, name="user")
 admin.add_typer(drive_cmd, name="drive")
 admin.add_typer(ip_cmd, name="ip")
+admin.add_typer(billing_cmd, name="billing")
 
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Data directory [./var].")]
 StoreOpt = Annotated[
@@ -147,6 +158,65 @@ def ip_add_pool(
 
     _run(ctx.obj, work)
     typer.echo(f"pool {cidr}")
+
+
+@billing_cmd.command("report")
+def billing_report(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Option("--user", help="One user's UUID [all].")] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", help="Epoch seconds or ISO 8601 [--to minus 1 day].")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="Epoch seconds or ISO 8601 [now].")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """Usage per server and drive over a time window, from the ledger."""
+    try:
+        until = parse_time("--to", end) if end is not None else time.time()
+        since = parse_time("--from", start) if start is not None else until - 86400
+        who = parse_uuid("--user", user) if user is not None else None
+    except OvercastError as err:
+        raise _fail(err.message) from None
+    if since > until:
+        raise _fail("--from must not be after --to")
+
+    async def work(cloud: Cloud) -> list[UsageTotal]:
+        async with cloud.store.read(big=True) as tx:
+            records = await usage_between(tx, who, since, until)
+        return totals(records, since, until)
+
+    found = _run(ctx.obj, work)
+    if as_json:
+        document = {
+            "from": since,
+            "to": until,
+            "user": who,
+            "usage": [dataclasses.asdict(t) for t in found],
+        }
+        typer.echo(json.dumps(document, indent=2))
+        return
+    table = Table(title=f"usage {_when(since)} .. {_when(until)}")
+    for column in ("user", "kind", "object", "seconds", "MHz·s", "MiB·s", "GiB·s"):
+        table.add_column(
+            column, justify="left" if column in ("user", "kind", "object") else "right"
+        )
+    for t in found:
+        table.add_row(
+            t.user,
+            t.kind,
+            t.object,
+            f"{t.seconds:.1f}",
+            f"{t.cpu_mhz_seconds:.0f}",
+            f"{t.mem_mib_seconds:.0f}",
+            f"{t.gib_seconds:.1f}",
+        )
+    Console(width=200).print(table)
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 async def _first_admin(cloud: Cloud) -> tuple[str, str] | None:

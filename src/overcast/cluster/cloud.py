@@ -14,13 +14,19 @@ from overcast.cluster.resources import ResourceService
 from overcast.cluster.servers import Capacity, ServerService
 from overcast.cluster.users import UserService
 from overcast.config import Settings
+from overcast.events.callbacks import check_callback_url
+from overcast.events.delivery import Deliverer
+from overcast.events.feed import EventFeed
+from overcast.events.ledger import Ledger
 from overcast.host.agent import GuestEnd, HostAgent
 from overcast.host.client import HostClient, LocalHost
 from overcast.host.pool import Pool
 from overcast.hypervisor.kvm import choose_accel
 from overcast.hypervisor.qemu import QemuDriver
 from overcast.model.server import MHZ_PER_CORE
+from overcast.model.user import User
 from overcast.store import Store, migrate
+from overcast.store.events import Event
 
 __all__ = ["Cloud"]
 
@@ -36,6 +42,15 @@ class Cloud:
         self.users = UserService(self.store)
         self.drives = DriveService(self.store, self.pool, self.imager)
         self.resources = ResourceService(self.store)
+        self.feed = EventFeed(self.store)
+        self.ledger = Ledger(self.store, settings.billing_interval)
+        self.deliverer = Deliverer(
+            self.store,
+            self.users.signing_key,
+            timeout=settings.callback_timeout,
+            first_retry=settings.callback_retry,
+            check=self._check_delivery,
+        )
         #: Servers and the host exist once :meth:`open` ran with ``background``.
         self.servers: ServerService
 
@@ -55,6 +70,8 @@ class Cloud:
             try:
                 await cloud._start_host()
                 await cloud.imager.resume()
+                cloud.deliverer.start()
+                cloud.ledger.start()
             except BaseException:
                 await cloud.close()
                 raise
@@ -69,14 +86,37 @@ class Cloud:
 
         agent = HostAgent(self.settings.data / "run", QemuDriver(verdict.accel), on_exit)
         self.host = LocalHost(agent)
-        self.servers = ServerService(self.store, self.pool, self.host, _local_capacity())
+        self.servers = ServerService(
+            self.store,
+            self.pool,
+            self.host,
+            _local_capacity(),
+            check_callback=self._check_callback,
+            on_event=self._event_committed,
+        )
         await agent.adopt_all()
         await self.servers.reconcile()
+
+    async def _check_callback(self, user: User, url: str) -> None:
+        """Users' callbacks go to public addresses unless the operator
+        allows others; an administrator's (a host reporting to its manager)
+        may go anywhere."""
+        await check_callback_url(url, allow_private=self.settings.callback_private or user.admin)
+
+    async def _check_delivery(self, event: Event, url: str) -> None:
+        user = await self.users.get(event.user)
+        await self._check_callback(user, url)
+
+    async def _event_committed(self) -> None:
+        self.deliverer.wake()
+        await self.feed.notify()
 
     async def close(self) -> None:
         """Let go of the guests (they keep running), stop the background
         work, then the store, whatever the earlier steps do."""
         try:
+            await self.ledger.stop()
+            await self.deliverer.stop()
             if self.host is not None:
                 await self.host.close()
         finally:

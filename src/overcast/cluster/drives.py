@@ -16,6 +16,7 @@ since a crash ends them anyway.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid as _uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -38,6 +39,7 @@ from overcast.model.keys import parse_name, parse_uuid
 from overcast.model.user import User
 from overcast.store import Store
 from overcast.store import drives as rows
+from overcast.store import usage as usage_rows
 from overcast.store import users as user_rows
 from overcast.store.engine import Tx
 
@@ -126,6 +128,8 @@ class DriveService:
                 new_size = values.get("size")
                 if isinstance(new_size, int):
                     await self._check_resizable(conn, current, user, new_size)
+                    # The old size's use ends here, in the resize's transaction.
+                    await usage_rows.bill_drive(conn, current.uuid, time.time(), "resize")
                     # Inside the transaction, so that no imaging job can start
                     # between the checks and the resize; qemu-img is quick.
                     await self.pool.resize(current.uuid, new_size)
@@ -154,6 +158,7 @@ class DriveService:
                     raise MissingError(f"no drive {uuid}")
                 _check_idle(current, "destroyed")
                 await _check_not_a_source(conn, drive.uuid, "destroyed")
+                await usage_rows.bill_drive(conn, drive.uuid, time.time(), "destroy")
                 await rows.delete_drive(conn, drive.uuid)
         self.pool.remove(drive.uuid)
 

@@ -59,10 +59,11 @@ from overcast.store import drives as drive_rows
 from overcast.store import events as event_rows
 from overcast.store import resources as resource_rows
 from overcast.store import servers as rows
+from overcast.store import usage as usage_rows
 from overcast.store import users as user_rows
 from overcast.store.engine import Tx
 
-__all__ = ["Capacity", "ServerService"]
+__all__ = ["CallbackCheck", "Capacity", "EventSink", "ServerService"]
 
 GuestVerb = Callable[[str], Awaitable[None]]
 
@@ -97,12 +98,37 @@ def _config(keys: Keys) -> dict[str, str]:
     return {k: v for k, v in keys.items() if k not in READ_ONLY and not _SHOWN_ONLY.fullmatch(k)}
 
 
+#: Checks a callback URL the user gave (raises :class:`UsageError`).
+CallbackCheck = Callable[[User, str], Awaitable[None]]
+#: Told after an event was committed (to wake delivery and the feed).
+EventSink = Callable[[], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _any_url(_user: User, _url: str) -> None:
+    return None
+
+
 class ServerService:
-    def __init__(self, store: Store, pool: Pool, host: HostClient, capacity: Capacity) -> None:
+    def __init__(
+        self,
+        store: Store,
+        pool: Pool,
+        host: HostClient,
+        capacity: Capacity,
+        *,
+        check_callback: CallbackCheck = _any_url,
+        on_event: EventSink = _nothing,
+    ) -> None:
         self.store = store
         self.pool = pool
         self.host = host
         self.capacity = capacity
+        self.check_callback = check_callback
+        self.on_event = on_event
 
     # -- reads -------------------------------------------------------------
 
@@ -147,6 +173,8 @@ class ServerService:
 
     async def create(self, user: User, keys: Keys, *, stopped: bool = False) -> Server:
         spec = parse_server_spec(keys)
+        if spec.callback_exit is not None:
+            await self.check_callback(user, spec.callback_exit)
         if spec.host is not None and not user.admin:
             raise UsageError("host: only administrators may pin a server to a host")
         if spec.host is not None and spec.host != LOCAL_HOST:
@@ -401,6 +429,8 @@ class ServerService:
                     raise BusyError(f"{key} cannot change while server {uuid} runs")
         config = {**server.config, **changes}
         spec = parse_server_spec(config)  # the whole result must still be valid
+        if spec.callback_exit is not None and spec.callback_exit != server.spec.callback_exit:
+            await self.check_callback(user, spec.callback_exit)
         if running and spec.smp != server.spec.smp:
             raise BusyError(
                 f"cpu {spec.cpu} would make smp {spec.smp} while server {uuid} runs with "
@@ -412,6 +442,9 @@ class ServerService:
                 raise MissingError(f"no server {uuid}")
             if current.status is not server.status:
                 raise BusyError(f"server {uuid} changed state meanwhile; try again")
+            if running and (spec.cpu, spec.mem) != (server.spec.cpu, server.spec.mem):
+                # The ledger's record at the old size ends with the change.
+                await usage_rows.bill_server(tx, server.uuid, time.time(), "change")
             if running or spec.nics == server.spec.nics:
                 await rows.update_config(tx, server.uuid, config)
             else:
@@ -439,13 +472,15 @@ class ServerService:
 
     async def guest_ended(self, end: GuestEnd) -> None:
         """A guest ended (any reason): delete or stop its server, and append
-        its ``server.exit`` event in the same transaction, so that the change
-        and its event are committed together or not at all. Idempotent: a
-        server already gone or stopped has had its event."""
+        its ``server.exit`` event and the run's last usage record in the same
+        transaction, so that the change, its event and its bill are
+        committed together or not at all. Idempotent: a server already gone
+        or stopped has had its event."""
         async with self.store.write() as tx:
             server = await rows.get_server(tx, end.server, lock=True)
             if server is None or server.status is ServerStatus.STOPPED:
                 return
+            await usage_rows.bill_server(tx, server.uuid, end.at, "exit")
             await event_rows.append_event(
                 tx,
                 type="server.exit",
@@ -463,6 +498,7 @@ class ServerService:
             else:
                 await rows.delete_server(tx, server.uuid)
         log.info("server %s ended (%s)", end.server, end.reason)
+        await self.on_event()
 
     async def reconcile(self) -> None:
         """After a restart: servers the store thinks run but the host does

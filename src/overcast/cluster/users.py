@@ -13,7 +13,14 @@ from sqlalchemy.exc import IntegrityError
 
 from overcast.model.errors import AuthError, BusyError, MissingError, UsageError
 from overcast.model.keys import parse_name, parse_uuid
-from overcast.model.user import Quota, User, digest_key, new_key
+from overcast.model.user import (
+    Quota,
+    User,
+    callback_key,
+    digest_key,
+    new_callback_secret,
+    new_key,
+)
 from overcast.store import Store
 from overcast.store import users as rows
 
@@ -98,6 +105,29 @@ class UserService:
             await rows.set_user_key(conn, user.uuid, digest_key(key))
         self._forget()
         return key
+
+    async def callback_secret(self, uuid: str) -> str:
+        """The user's callback signing secret (``whsec_…``)."""
+        async with self.store.read() as conn:
+            secret = await rows.callback_secret(conn, parse_uuid("user", uuid))
+        if secret is None:
+            raise MissingError(f"no user {uuid}")
+        return secret
+
+    async def rotate_callback_secret(self, uuid: str) -> str:
+        """A new signing secret; callbacks sent from now on are signed with it."""
+        user = await self.get(uuid)
+        secret = new_callback_secret()
+        async with self.store.write() as conn:
+            await rows.set_callback_secret(conn, user.uuid, secret)
+        return secret
+
+    async def signing_key(self, uuid: str) -> bytes | None:
+        """The HMAC key for the user's callbacks; None once the user is gone.
+        Read for every delivery, so a rotation applies to the next request."""
+        async with self.store.read() as conn:
+            secret = await rows.callback_secret(conn, uuid)
+        return None if secret is None else callback_key(secret)
 
     async def destroy(self, uuid: str, *, caller: User) -> None:
         """Delete a user who owns nothing any more (else :class:`BusyError`)."""

@@ -38,10 +38,11 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from overcast.events.outbox import payload
+from overcast.model.errors import OvercastError
 from overcast.store import events as rows
 from overcast.store.engine import Store
 
-__all__ = ["GIVE_UP_AFTER", "Deliverer", "SecretFor", "backoff", "sign"]
+__all__ = ["GIVE_UP_AFTER", "Deliverer", "SecretFor", "UrlCheck", "backoff", "sign"]
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,12 @@ log = logging.getLogger(__name__)
 #: promise of API.md.
 GIVE_UP_AFTER = 3 * 86400.0
 
-#: The owner's signing secret for a user UUID (plain or awaitable).
-SecretFor = Callable[[str], bytes | Awaitable[bytes]]
+#: The owner's signing key for a user UUID (plain or awaitable); None when
+#: the user is gone, whose events then are not sent.
+SecretFor = Callable[[str], bytes | Awaitable[bytes | None] | None]
+#: A last check of an event's URL before each attempt (may raise
+#: :class:`overcast.model.errors.OvercastError`: the attempt fails with its message).
+UrlCheck = Callable[[rows.Event, str], Awaitable[None]]
 
 
 def sign(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -87,9 +92,11 @@ class Deliverer:
         first_retry: float = 5.0,
         max_retry: float = 3600.0,
         give_up_after: float = GIVE_UP_AFTER,
+        check: UrlCheck | None = None,
     ) -> None:
         self._store = store
         self._secret_for = secret_for
+        self._check = check
         self._timeout = httpx.Timeout(timeout)
         self._poll = poll
         self._concurrency = concurrency
@@ -159,13 +166,14 @@ class Deliverer:
     async def _deliver(self, delivery: rows.Delivery) -> None:
         event = delivery.event
         try:
-            error = await self._post(delivery)
+            error, final = await self._post(delivery)
             now = time.time()
             async with self._store.write() as tx:
                 if error is None:
                     await rows.mark_delivered(tx, event.id, now)
                 else:
-                    await rows.mark_failed(tx, event.id, self._next_attempt(delivery, now), error)
+                    retry = None if final else self._next_attempt(delivery, now)
+                    await rows.mark_failed(tx, event.id, retry, error)
             if error is not None:
                 log.info("callback %s for event %s failed: %s", delivery.url, event.uuid, error)
         except Exception:
@@ -175,14 +183,22 @@ class Deliverer:
             # The server's next event may now be due.
             self._wake.set()
 
-    async def _post(self, delivery: rows.Delivery) -> str | None:
-        """One attempt: None when acknowledged, else what went wrong."""
+    async def _post(self, delivery: rows.Delivery) -> tuple[str | None, bool]:
+        """One attempt: (None, _) when acknowledged, else what went wrong and
+        whether that is final (no retry can succeed)."""
         assert self._client is not None
         event = delivery.event
         secret = self._secret_for(event.user)
         if inspect.isawaitable(secret):
             secret = await secret
+        if secret is None:
+            return f"user {event.user} no longer exists", True
         assert isinstance(secret, bytes)
+        if self._check is not None:
+            try:
+                await self._check(event, delivery.url)
+            except OvercastError as err:
+                return str(err), False
         body = payload(event)
         timestamp = int(time.time())
         headers = {
@@ -193,11 +209,11 @@ class Deliverer:
         }
         try:
             response = await self._client.post(delivery.url, content=body, headers=headers)
-        except httpx.HTTPError as err:
-            return f"{type(err).__name__}: {err}"
+        except (httpx.HTTPError, httpx.InvalidURL) as err:
+            return f"{type(err).__name__}: {err}", False
         if response.is_success:
-            return None
-        return f"HTTP {response.status_code}"
+            return None, False
+        return f"HTTP {response.status_code}", False
 
     def _next_attempt(self, delivery: rows.Delivery, now: float) -> float | None:
         """When to retry, or None once the promised three days are over;

@@ -109,9 +109,10 @@ class GuestEnd:
     ``reason`` is QEMU's (:class:`GuestExit`): ``guest-shutdown`` for a
     power-off from inside, ``killed`` for a kill or a crash, ... For an end
     that happened while no agent ran it is :data:`UNOBSERVED`, and ``at`` is
-    the last moment the guest was known alive (the previous agent's last
-    heartbeat, or the guest's last write to its run directory): it ended
-    between then and its report.
+    when QEMU exited, read from its run directory when QEMU exited by itself
+    (power-off, a signal it handles); after a SIGKILL it is the last moment
+    the guest was known alive (the previous agent's last heartbeat, or the
+    guest's last write to its run directory).
     """
 
     server: str
@@ -330,7 +331,7 @@ class HostAgent:
             end = _read_end(server, rundir)
             if end is None:
                 # Before adopt() cleans up, which changes the directory.
-                alive = max(self._previous_beat or 0.0, _newest_mtime(rundir))
+                alive = _exit_time(rundir) or max(self._previous_beat or 0.0, _newest_mtime(rundir))
                 try:
                     handle = await self.driver.adopt(rundir)
                 except MissingError:
@@ -586,6 +587,16 @@ def _read_end(server: str, rundir: Path) -> GuestEnd | None:
         guest_initiated=bool(data.get("guest_initiated", False)),
         at=float(at) if isinstance(at, int | float) else _newest_mtime(rundir),
     )
+
+
+def _exit_time(rundir: Path) -> float | None:
+    """When QEMU exited, if it did so itself: an exiting QEMU removes its
+    pidfile and QMP socket, and that removal is the directory's last change
+    (the agent that would write more is not running). None when the pidfile
+    is still there: QEMU runs, or was killed (SIGKILL removes nothing)."""
+    if (rundir / RunFiles(rundir).pidfile.name).exists():
+        return None
+    return _mtime(rundir)
 
 
 def _mtime(path: Path) -> float | None:
