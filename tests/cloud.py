@@ -58,14 +58,26 @@ def _overcast(*args: str) -> list[str]:
     return [sys.executable, "-m", "overcast.cli", *args]
 
 
-def start_cloud(data: Path, store: str | None = None) -> Cloud:
+#: Settings every test cloud runs with: the tests' callback receivers
+#: listen on loopback, which a real cloud refuses by default.
+TEST_SETTINGS = {"OVERCAST_CALLBACK_PRIVATE": "true"}
+
+
+def start_cloud(data: Path, store: str | None = None, env: dict[str, str] | None = None) -> Cloud:
+    """``overcast serve`` on a free loopback port; ``env`` adds or overrides
+    ``OVERCAST_*`` settings (see :data:`TEST_SETTINGS`)."""
     port = free_port()
     log = data.parent / f"{data.name}.log"
     cmd = _overcast("serve", "--data", str(data), "--listen", f"127.0.0.1:{port}")
     if store:
         cmd += ["--store", store]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **TEST_SETTINGS, **(env or {})},
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:

@@ -1,1 +1,1 @@
-pytest_plugins = ["pg", "cloud", "stores", "qemus"]
+pytest_plugins = ["pg", "cloud", "stores", "qemus", "receiver"]

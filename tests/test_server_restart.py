@@ -81,10 +81,12 @@ class Site:
     library: str = field(default_factory=lambda: str(_uuid.uuid4()))
     cloud: Cloud | None = None
     user: tuple[str, str] = ("", "")
+    #: ``OVERCAST_*`` settings for every run of this site's server.
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> Cloud:
         assert self.cloud is None or self.cloud.process.poll() is not None
-        self.cloud = start_cloud(self.data)
+        self.cloud = start_cloud(self.data, env=self.env)
         return self.cloud
 
     def kill9(self) -> None:
@@ -191,8 +193,8 @@ def site() -> Iterator[Site]:
         yield from _site(Path(tmp) / "var")
 
 
-def _site(data: Path) -> Iterator[Site]:
-    s = Site(data)
+def _site(data: Path, env: dict[str, str] | None = None) -> Iterator[Site]:
+    s = Site(data, env=env or {})
     s.data.mkdir()
     s.start()
     try:

@@ -39,7 +39,8 @@ def made(admin: httpx.Client) -> Iterator[dict[str, str]]:
 
 def test_user_info_for_oneself(user: httpx.Client) -> None:
     info = _info(user.get("/user/info"))
-    assert set(info) == {"user", "name", "admin", *QUOTA_KEYS}
+    assert set(info) == {"user", "name", "admin", "callback:secret", *QUOTA_KEYS}
+    assert info["callback:secret"].startswith("whsec_")
     assert uuid.UUID(info["user"]) and info["user"] == info["user"].lower()
     assert (info["name"], info["admin"]) == ("tester", "false")
     assert all(info[k] == "none" for k in QUOTA_KEYS)
