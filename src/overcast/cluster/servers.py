@@ -75,7 +75,9 @@ LOCAL_HOST = "local"
 _SHOWN_ONLY = re.compile(
     r".+:(read|write):(bytes|requests)|rx:packets|tx:packets|nic:[0-9]:dhcp:ip|vnc:port"
 )
-_LIVE_KEYS = frozenset({"name", "cpu", "tags", "persistent", "vnc:password", "password"})
+_LIVE_KEYS = frozenset(
+    {"name", "cpu", "tags", "persistent", "vnc:password", "password", "callback:exit"}
+)
 _BUS: dict[Bus, hv.Bus] = {Bus.IDE: "ide", Bus.SCSI: "scsi", Bus.VIRTIO: "virtio"}
 _MEDIA: dict[Media, hv.Media] = {Media.DISK: "disk", Media.CDROM: "cdrom"}
 _MODEL: dict[NicModel, hv.NicModel] = {
@@ -480,14 +482,18 @@ class ServerService:
             server = await rows.get_server(tx, end.server, lock=True)
             if server is None or server.status is ServerStatus.STOPPED:
                 return
-            await usage_rows.bill_server(tx, server.uuid, end.at, "exit")
+            # An end seen only afterwards is known by a lower bound (the
+            # host's last sign of life), which may precede this run's start;
+            # the guest ran at least from then.
+            at = max(end.at, server.started or end.at)
+            await usage_rows.bill_server(tx, server.uuid, at, "exit")
             await event_rows.append_event(
                 tx,
                 type="server.exit",
                 user=server.user,
                 server=server.uuid,
                 reason=end.reason,
-                at=end.at,
+                at=at,
                 body=server_info(server),
                 callback=server.spec.callback_exit,
             )
