@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from overcast.api import billing, drives, events, resources, servers, users
+from overcast.api import billing, drives, events, hosts, resources, servers, users
 from overcast.api.errors import UnexpectedErrors, handle_error, handle_http
 from overcast.api.requestid import RequestIdMiddleware
 from overcast.cluster.cloud import Cloud
@@ -39,6 +39,7 @@ def build_app(settings: Settings) -> Starlette:
             *users.routes,
             *events.routes,
             *billing.routes,
+            *hosts.routes,
         ],
         middleware=[Middleware(RequestIdMiddleware), Middleware(UnexpectedErrors)],
         exception_handlers={

@@ -9,6 +9,7 @@ import logging
 import os
 
 from overcast.cluster.drives import DriveService
+from overcast.cluster.exits import report_of_end
 from overcast.cluster.imaging import Imager
 from overcast.cluster.resources import ResourceService
 from overcast.cluster.servers import Capacity, ServerService
@@ -82,7 +83,7 @@ class Cloud:
         log.info("accelerator %s: %s", verdict.accel, verdict.reason)
 
         async def on_exit(end: GuestEnd) -> None:
-            await self.servers.guest_ended(end)
+            await self.servers.host_exited(report_of_end(end))
 
         agent = HostAgent(self.settings.data / "run", QemuDriver(verdict.accel), on_exit)
         self.host = LocalHost(agent)

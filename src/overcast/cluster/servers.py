@@ -9,8 +9,9 @@ guest (paused, every device confirmed, then running); then mark it
 releases its claims and NICs (they cascade), so a failed create leaves
 nothing behind.
 
-Guest ends come back from the host through :meth:`ServerService.guest_ended`
-(the host's ``on_exit``): a non-persistent server is deleted, a persistent
+Guest ends come back from the host through :meth:`ServerService.host_exited`
+(in-process from this machine's agent, or a remote host's callback: see
+:mod:`overcast.cluster.exits`): a non-persistent server is deleted, a persistent
 one becomes ``stopped`` and lets go of its drives.
 """
 
@@ -25,7 +26,8 @@ import uuid as _uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from overcast.host.agent import GuestEnd
+from overcast.cluster.exits import ExitReport
+from overcast.host.agent import UNOBSERVED
 from overcast.host.client import HostClient
 from overcast.host.pool import Pool
 from overcast.hypervisor import spec as hv
@@ -472,27 +474,41 @@ class ServerService:
 
     # -- from the host -------------------------------------------------------
 
-    async def guest_ended(self, end: GuestEnd) -> None:
+    async def host_exited(self, report: ExitReport) -> None:
         """A guest ended (any reason): delete or stop its server, and append
         its ``server.exit`` event and the run's last usage record in the same
         transaction, so that the change, its event and its bill are
         committed together or not at all. Idempotent: a server already gone
         or stopped has had its event."""
         async with self.store.write() as tx:
-            server = await rows.get_server(tx, end.server, lock=True)
+            server = await rows.get_server(tx, report.server, lock=True)
             if server is None or server.status is ServerStatus.STOPPED:
+                if server is None:
+                    log.info("exit of server %s: no such server (done before)", report.server)
+                return
+            if (
+                report.started is not None
+                and server.started is not None
+                # Info shows whole seconds, and two machines clock a start apart.
+                and abs(report.started - server.started) >= 2.0
+            ):
+                log.warning(
+                    "exit report %s for an earlier run of server %s ignored",
+                    report.event,
+                    report.server,
+                )
                 return
             # An end seen only afterwards is known by a lower bound (the
             # host's last sign of life), which may precede this run's start;
             # the guest ran at least from then.
-            at = max(end.at, server.started or end.at)
+            at = max(report.at, server.started or report.at)
             await usage_rows.bill_server(tx, server.uuid, at, "exit")
             await event_rows.append_event(
                 tx,
                 type="server.exit",
                 user=server.user,
                 server=server.uuid,
-                reason=end.reason,
+                reason=report.reason,
                 at=at,
                 body=server_info(server),
                 callback=server.spec.callback_exit,
@@ -503,7 +519,7 @@ class ServerService:
                 await rows.set_status(tx, server.uuid, ServerStatus.STOPPED)
             else:
                 await rows.delete_server(tx, server.uuid)
-        log.info("server %s ended (%s)", end.server, end.reason)
+        log.info("server %s ended (%s)", report.server, report.reason)
         await self.on_event()
 
     async def reconcile(self) -> None:
@@ -537,4 +553,4 @@ class ServerService:
                     await rows.delete_server(tx, server.uuid)
                 log.info("rolled back the interrupted create of server %s", server.uuid)
             else:
-                await self.guest_ended(GuestEnd(server.uuid, "unobserved", False, time.time()))
+                await self.host_exited(ExitReport(server.uuid, UNOBSERVED, time.time()))
