@@ -7,6 +7,7 @@ recorded with its headers, body, answer and arrival time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -16,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-__all__ = ["Hit", "Receiver", "receiver"]
+__all__ = ["Hit", "Receiver", "receiver", "serve_receiver"]
 
 
 @dataclass
@@ -67,6 +68,13 @@ class Receiver:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
+    with serve_receiver() as rec:
+        yield rec
+
+
+@contextlib.contextmanager
+def serve_receiver() -> Iterator[Receiver]:
+    """A receiver of its own (another port: another receiver to the sender)."""
     rec = Receiver()
 
     class Handler(BaseHTTPRequestHandler):

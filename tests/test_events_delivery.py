@@ -21,7 +21,7 @@ from standardwebhooks import Webhook
 from overcast.events.delivery import Deliverer, backoff
 from overcast.store import Store
 from overcast.store import events as rows
-from receiver import Receiver
+from receiver import Receiver, serve_receiver
 
 SECRETS = {"alice": b"alice-secret-0123456789", "bob": b"bob-secret-9876543210"}
 
@@ -133,6 +133,34 @@ async def test_hanging_receiver_times_out_and_does_not_delay_others(
     async with store.read() as tx:
         row = await rows.get_delivery(tx, slow.id)
     assert row is not None and row.attempts == 2
+
+
+async def test_a_hanging_receiver_holds_only_its_share_of_slots(
+    store: Store, receiver: Receiver
+) -> None:
+    """Four servers' events to a receiver that hangs, with four slots and
+    two per receiver: another receiver is still served at once."""
+    receiver.script["/hang"] = ["hang"] * 4
+    stuck = [await _record(store, receiver.base + "/hang", server=f"s{i}") for i in range(4)]
+    deliverer = _deliverer(store, timeout=3.0, concurrency=4, per_receiver=2)
+    deliverer.start()
+    try:
+        for _ in range(500):
+            if len(receiver.hits) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        with serve_receiver() as other:
+            fast = await _record(store, other.base + "/fast", server="srv-fast")
+            started = time.monotonic()
+            deliverer.wake()
+            await _until_delivered(store, [fast.id], within=5)
+            took = time.monotonic() - started
+        assert took < 1.5, "the other receiver waited for the hanging one"
+        # Only two requests ever hung at once at the stuck receiver.
+        assert len([h for h in receiver.hits if h.path == "/hang"]) == 2
+        await _until_delivered(store, [e.id for e in stuck], within=30)
+    finally:
+        await deliverer.stop()
 
 
 async def test_per_server_order_is_kept(store: Store, receiver: Receiver) -> None:

@@ -33,7 +33,9 @@ import inspect
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -65,6 +67,15 @@ def sign(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+def _receiver(url: str) -> str:
+    """Whom a URL reaches: its host and port (what one slow server shares)."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port}"
+    except ValueError:  # a bad port: the request will fail on its own
+        return url
+
+
 def backoff(attempts: int, first: float, cap: float) -> float:
     """Seconds before retry number ``attempts`` (1 after the first failure):
     doubling from ``first`` up to ``cap``, each drawn from its upper half so
@@ -78,7 +89,10 @@ class Deliverer:
 
     ``timeout`` bounds each request; ``poll`` is how often the outbox is
     read when nothing calls :meth:`wake`; ``concurrency`` caps requests in
-    flight; ``first_retry`` and ``max_retry`` shape the backoff.
+    flight, and ``per_receiver`` those to one receiver (host and port; half
+    the concurrency by default), so that a receiver that hangs can hold
+    only its share of the slots; ``first_retry`` and ``max_retry`` shape
+    the backoff.
     """
 
     def __init__(
@@ -89,6 +103,7 @@ class Deliverer:
         timeout: float = 10.0,
         poll: float = 1.0,
         concurrency: int = 64,
+        per_receiver: int | None = None,
         first_retry: float = 5.0,
         max_retry: float = 3600.0,
         give_up_after: float = GIVE_UP_AFTER,
@@ -100,6 +115,8 @@ class Deliverer:
         self._timeout = httpx.Timeout(timeout)
         self._poll = poll
         self._concurrency = concurrency
+        self._per_receiver = per_receiver or max(concurrency // 2, 1)
+        self._receivers: Counter[str] = Counter()
         self._first_retry = first_retry
         self._max_retry = max_retry
         self._give_up_after = give_up_after
@@ -129,6 +146,7 @@ class Deliverer:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
         self._inflight.clear()
+        self._receivers.clear()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -153,17 +171,23 @@ class Deliverer:
         room = self._concurrency - len(self._inflight)
         if room <= 0:
             return
+        # Room to skip what is in flight and what waits for a busy receiver.
+        limit = 4 * self._concurrency + len(self._inflight)
         async with self._store.read() as tx:
-            due = await rows.due_deliveries(tx, time.time(), room + len(self._inflight))
+            due = await rows.due_deliveries(tx, time.time(), limit)
         for delivery in due:
             event_id = delivery.event.id
             if event_id in self._inflight or len(self._inflight) >= self._concurrency:
                 continue
+            receiver = _receiver(delivery.url)
+            if self._receivers[receiver] >= self._per_receiver:
+                continue
+            self._receivers[receiver] += 1
             self._inflight[event_id] = asyncio.create_task(
-                self._deliver(delivery), name=f"overcast-deliver-{delivery.event.uuid}"
+                self._deliver(delivery, receiver), name=f"overcast-deliver-{delivery.event.uuid}"
             )
 
-    async def _deliver(self, delivery: rows.Delivery) -> None:
+    async def _deliver(self, delivery: rows.Delivery, receiver: str) -> None:
         event = delivery.event
         try:
             error, final = await self._post(delivery)
@@ -180,6 +204,7 @@ class Deliverer:
             log.exception("recording delivery of event %s failed", event.uuid)
         finally:
             self._inflight.pop(event.id, None)
+            self._receivers[receiver] -= 1
             # The server's next event may now be due.
             self._wake.set()
 
