@@ -14,6 +14,10 @@ receiver only after seq N was acknowledged. At least once: the outcome is
 written after the POST, so a crash in between repeats it, with the same
 ``webhook-id``.
 
+Cost: reading the outbox is what limits throughput, so one read fills a
+local queue that many POSTs drain, and outcomes that finish together are
+written in one transaction.
+
 Requests are signed as Standard Webhooks specifies: ``webhook-id`` (the
 event's UUID), ``webhook-timestamp`` (Unix seconds) and
 ``webhook-signature: v1,BASE64(HMAC-SHA256(secret, id.timestamp.body))``
@@ -121,7 +125,19 @@ class Deliverer:
         self._max_retry = max_retry
         self._give_up_after = give_up_after
         self._wake = asyncio.Event()
+        #: Deliveries handed out: being POSTed, or POSTed and their outcome
+        #: not yet written (so that no query hands them out again).
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        #: Due deliveries read from the outbox and not yet started: one
+        #: query feeds many starts (reading the outbox is what costs).
+        self._queue: list[rows.Delivery] = []
+        self._queried = 0.0
+        self._stale = True
+        #: Deliveries settled since the last read of the outbox began.
+        self._settled: set[int] = set()
+        #: Outcomes waiting to be written, all in one transaction.
+        self._outcomes: list[tuple[rows.Delivery, str | None, bool]] = []
+        self._flushing: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -139,20 +155,28 @@ class Deliverer:
 
     async def stop(self) -> None:
         """Cancel the loop and any request in flight (those stay pending in
-        the outbox and are sent again next time), then close the client."""
+        the outbox and are sent again next time), write the outcomes already
+        known, then close the client."""
         tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._task = None
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._flush()
+        self._task = self._flushing = None
         self._inflight.clear()
         self._receivers.clear()
+        self._queue.clear()
+        self._stale = True
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
     def wake(self) -> None:
         """Look at the outbox now (an event was just committed)."""
+        self._stale = True
         self._wake.set()
 
     async def _run(self) -> None:
@@ -163,50 +187,98 @@ class Deliverer:
             except Exception:
                 # The store being unreachable must not end delivery for good.
                 log.exception("reading the outbox failed; retrying")
+                self._stale = True
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll):
                     await self._wake.wait()
 
     async def _dispatch(self) -> None:
-        room = self._concurrency - len(self._inflight)
-        if room <= 0:
+        if len(self._inflight) >= self._concurrency:
             return
-        # Room to skip what is in flight and what waits for a busy receiver.
-        limit = 4 * self._concurrency + len(self._inflight)
-        async with self._store.read() as tx:
-            due = await rows.due_deliveries(tx, time.time(), limit)
-        for delivery in due:
-            event_id = delivery.event.id
-            if event_id in self._inflight or len(self._inflight) >= self._concurrency:
-                continue
+        now = time.monotonic()
+        if self._stale or not self._queue or now - self._queried >= self._poll:
+            await self._refill(now)
+        waiting = []
+        for delivery in self._queue:
             receiver = _receiver(delivery.url)
-            if self._receivers[receiver] >= self._per_receiver:
+            if (
+                len(self._inflight) >= self._concurrency
+                or self._receivers[receiver] >= self._per_receiver
+            ):
+                waiting.append(delivery)
                 continue
             self._receivers[receiver] += 1
-            self._inflight[event_id] = asyncio.create_task(
+            self._inflight[delivery.event.id] = asyncio.create_task(
                 self._deliver(delivery, receiver), name=f"overcast-deliver-{delivery.event.uuid}"
             )
+        self._queue = waiting
+
+    async def _refill(self, now: float) -> None:
+        # Enough to keep every slot busy for a while, beyond what is in
+        # flight (the query returns those too until their outcome is written).
+        limit = max(8 * self._concurrency, 512) + len(self._inflight)
+        self._stale = False
+        self._queried = now
+        # Outcomes written while the query runs may be missing from what it
+        # reads (PostgreSQL reads concurrently): those must not go again.
+        self._settled = settled = set[int]()
+        async with self._store.read() as tx:
+            due = await rows.due_deliveries(tx, time.time(), limit)
+        self._queue = [
+            d for d in due if d.event.id not in self._inflight and d.event.id not in settled
+        ]
 
     async def _deliver(self, delivery: rows.Delivery, receiver: str) -> None:
         event = delivery.event
         try:
             error, final = await self._post(delivery)
-            now = time.time()
-            async with self._store.write() as tx:
-                if error is None:
-                    await rows.mark_delivered(tx, event.id, now)
-                else:
-                    retry = None if final else self._next_attempt(delivery, now)
-                    await rows.mark_failed(tx, event.id, retry, error)
-            if error is not None:
-                log.info("callback %s for event %s failed: %s", delivery.url, event.uuid, error)
-        except Exception:
-            log.exception("recording delivery of event %s failed", event.uuid)
+        except Exception as err:
+            log.exception("delivering event %s failed", event.uuid)
+            error, final = f"{type(err).__name__}: {err}", False
         finally:
-            self._inflight.pop(event.id, None)
             self._receivers[receiver] -= 1
-            # The server's next event may now be due.
-            self._wake.set()
+        if error is not None:
+            log.info("callback %s for event %s failed: %s", delivery.url, event.uuid, error)
+        self._outcomes.append((delivery, error, final))
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush_soon(), name="overcast-outcomes")
+        # A slot is free: start the next one from the queue.
+        self._wake.set()
+
+    async def _flush_soon(self) -> None:
+        """Write outcomes that arrive close together in one transaction."""
+        try:
+            await asyncio.sleep(0)  # let outcomes finishing at once join
+            await self._flush()
+        except Exception:
+            log.exception("recording delivery outcomes failed; they will be sent again")
+        finally:
+            self._flushing = None
+            if self._outcomes:
+                self._flushing = asyncio.create_task(self._flush_soon(), name="overcast-outcomes")
+
+    async def _flush(self) -> None:
+        outcomes, self._outcomes = self._outcomes, []
+        if not outcomes:
+            return
+        now = time.time()
+        try:
+            async with self._store.write() as tx:
+                for delivery, error, final in outcomes:
+                    if error is None:
+                        await rows.mark_delivered(tx, delivery.event.id, now)
+                    else:
+                        retry = None if final else self._next_attempt(delivery, now)
+                        await rows.mark_failed(tx, delivery.event.id, retry, error)
+        finally:
+            # Written, or not (then still pending in the outbox, and sent
+            # again: at least once).
+            for delivery, _error, _final in outcomes:
+                self._inflight.pop(delivery.event.id, None)
+                self._settled.add(delivery.event.id)
+        # A server's next event may now be due: the next read of the outbox
+        # (at once if nothing else is queued, else within ``poll``) sees it.
+        self._wake.set()
 
     async def _post(self, delivery: rows.Delivery) -> tuple[str | None, bool]:
         """One attempt: (None, _) when acknowledged, else what went wrong and
