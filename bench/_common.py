@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,9 +139,17 @@ class Server:
 
 
 @contextmanager
-def _serve(cmd: list[str], url: str, probe: str, expect: int, log: Path) -> Iterator[Server]:
+def _serve(
+    cmd: list[str],
+    url: str,
+    probe: str,
+    expect: int,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Server]:
+    environ = None if env is None else {**os.environ, **env}
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)
     server = Server(url, proc, log)
     try:
         deadline = time.monotonic() + 30
@@ -166,13 +175,14 @@ def _serve(cmd: list[str], url: str, probe: str, expect: int, log: Path) -> Iter
 
 
 @contextmanager
-def overcast_server(data: Path) -> Iterator[Server]:
-    """``overcast serve`` on loopback, started as an operator starts it (SQLite)."""
+def overcast_server(data: Path, env: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """``overcast serve`` on loopback, started as an operator starts it (SQLite);
+    ``env`` adds to its environment (``OVERCAST_*`` settings)."""
     port = free_port()
     cmd = [sys.executable, "-m", "overcast.cli", "serve", "--data", str(data)]
     cmd += ["--listen", f"127.0.0.1:{port}"]
     log = data.parent / f"{data.name}.log"
-    with _serve(cmd, f"http://127.0.0.1:{port}", "/drives/list", 401, log) as server:
+    with _serve(cmd, f"http://127.0.0.1:{port}", "/drives/list", 401, log, env) as server:
         yield server
 
 

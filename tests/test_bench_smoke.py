@@ -84,3 +84,27 @@ def test_servers_bench_runs_small(monkeypatch: pytest.MonkeyPatch) -> None:
         assert len(values) == 3 and all(v > 0 for v in values), name
         assert 0 < figures.p50(name) <= figures.p95(name), name
     assert figures.concurrent == 2 and figures.burst_ms > 0
+
+
+def test_events_bench_runs_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench_events = _bench(monkeypatch, "bench_events")
+    f = bench_events.main(small=True)
+    positive = [bench_events.STOP, bench_events.EXIT, bench_events.RAW, bench_events.RAW_ARRIVED]
+    assert sorted(f.ms) == sorted([*positive, bench_events.AFTER])
+    assert all(len(values) == 3 for values in f.ms.values())
+    for name in positive:
+        assert all(v > 0 for v in f.ms[name]), name
+        assert 0 < f.p50(name) <= f.p99(name), name
+    # From the stop's reply the callback may even have arrived already (the
+    # event is committed before the reply goes out), so only the sum holds.
+    for exit_ms, stop_ms, after_ms in zip(
+        f.ms[bench_events.EXIT], f.ms[bench_events.STOP], f.ms[bench_events.AFTER], strict=True
+    ):
+        assert exit_ms == pytest.approx(stop_ms + after_ms)
+    assert f.callback_bytes > 100
+    # Every queued event acknowledged at the first try, and each one's
+    # webhook-id seen by the receiver.
+    assert (f.events, f.delivered, f.received, f.retried) == (50, 50, 50, 0)
+    assert f.event_bytes > 100 and f.concurrency == bench_events.CONCURRENCY > 0
+    assert f.deliver_s > 0 and f.deliver_rate > 0
+    assert len(f.raw_s) == 2 and all(s > 0 for s in f.raw_s) and f.raw_rate > 0
