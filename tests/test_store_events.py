@@ -7,6 +7,9 @@ queue: due times, per-(server, URL) order, delivered and abandoned rows.
 
 from __future__ import annotations
 
+import asyncio
+import random
+
 import pytest
 from sqlalchemy.exc import IntegrityError
 
@@ -156,3 +159,48 @@ async def test_due_order_and_limit(store: Store) -> None:
     async with store.read() as tx:
         due = await outbox.due_deliveries(tx, 1e12, 2)
     assert [d.event.id for d in due] == [ids[0], ids[1]]
+
+
+async def test_a_cursor_reader_never_skips_an_event(store: Store) -> None:
+    """Writers append while holding their transactions open a while, in
+    random order; a reader following the cursor must still see every event.
+    (On PostgreSQL ids are taken at insert and seen at commit: without the
+    append lock a later id could commit first and the cursor pass the
+    earlier one.)"""
+
+    async def writer(n: int) -> int:
+        async with store.write() as tx:
+            event = await outbox.append_event(
+                tx,
+                type="server.exit",
+                user="u1",
+                server=f"w{n}",
+                reason="poweroff",
+                at=1.0,
+                body={},
+                callback=None,
+            )
+            await asyncio.sleep(random.uniform(0, 0.02))
+        return event.id
+
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        cursor = 0
+        while True:
+            finished = done.is_set()
+            async with store.read() as tx:
+                found = await outbox.events_after(tx, None, cursor, 1000)
+            seen.extend(e.id for e in found)
+            if found:
+                cursor = found[-1].id
+            elif finished:
+                return
+            await asyncio.sleep(0.001)
+
+    reading = asyncio.create_task(reader())
+    ids = await asyncio.gather(*(writer(n) for n in range(40)))
+    done.set()
+    await reading
+    assert sorted(seen) == sorted(ids)
