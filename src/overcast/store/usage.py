@@ -76,156 +76,84 @@ def _usage(row: Any) -> Usage:
     )
 
 
-async def bill_server(tx: Tx, uuid: str, until: float, reason: str) -> float:
-    """Record the server's use from its mark to ``until`` and move the mark
-    there; returns the seconds recorded (0 when it does not run).
+async def _bill(
+    tx: Tx,
+    kind: Kind,
+    which: sa.ColumnElement[bool],
+    until: float,
+    reason: str,
+) -> dict[str, float]:
+    """Record use from each chosen object's mark to ``until`` and move the
+    marks there, in one statement each; returns seconds recorded by object.
 
-    ``until`` before the mark (an end seen after a tick that already passed
-    it) records nothing: a tick overshoots an end only by the time the end
-    took to be processed.
+    A mark at or past ``until`` (an end seen after a tick already passed it)
+    records nothing: a tick overshoots an end only by the time the end took
+    to be processed. Rows are locked (PostgreSQL), so a tick and an end
+    racing for one object bill each second once.
     """
-    row = (
+    if kind == "server":
+        table, begun = servers, servers.c.started
+        measures = [servers.c.cpu, servers.c.mem]
+        running = sa.and_(servers.c.status.in_(RUNNING), servers.c.started.is_not(None))
+    else:
+        table, begun = drives, drives.c.created
+        measures = [drives.c.size]
+        # Library drives (no owner) are nobody's usage.
+        running = drives.c.user.is_not(None)
+    start = sa.func.coalesce(table.c.billed, begun).label("start")
+    found = (
         await tx.execute(
-            sa.select(
-                servers.c.user,
-                servers.c.cpu,
-                servers.c.mem,
-                servers.c.status,
-                servers.c.started,
-                servers.c.billed,
-            )
-            .where(servers.c.uuid == uuid)
+            sa.select(table.c.uuid, table.c.user, start, *measures)
+            .where(which, running, start < until)
             .with_for_update()
         )
-    ).first()
-    if row is None or row.status not in RUNNING or row.started is None:
-        return 0.0
-    start: float = row.billed if row.billed is not None else row.started
-    if until <= start:
-        return 0.0
+    ).all()
+    if not found:
+        return {}
+    recorded = now()
     await tx.execute(
-        usage.insert().values(
-            user=row.user,
-            kind="server",
-            object=uuid,
-            start=start,
-            end=until,
-            cpu=row.cpu,
-            mem=row.mem,
-            reason=reason,
-            recorded=now(),
-        )
+        usage.insert(),
+        [
+            {
+                "user": r.user,
+                "kind": kind,
+                "object": r.uuid,
+                "start": r.start,
+                "end": until,
+                "cpu": r.cpu if kind == "server" else None,
+                "mem": r.mem if kind == "server" else None,
+                "bytes": r.size if kind == "drive" else None,
+                "reason": reason,
+                "recorded": recorded,
+            }
+            for r in found
+        ],
     )
-    await tx.execute(servers.update().where(servers.c.uuid == uuid).values(billed=until))
-    return until - start
+    billed = [r.uuid for r in found]
+    await tx.execute(table.update().where(table.c.uuid.in_(billed)).values(billed=until))
+    return {r.uuid: until - r.start for r in found}
+
+
+async def bill_server(tx: Tx, uuid: str, until: float, reason: str) -> float:
+    """Record the server's use from its mark to ``until`` and move the mark
+    there; returns the seconds recorded (0 when it does not run)."""
+    return (await _bill(tx, "server", servers.c.uuid == uuid, until, reason)).get(uuid, 0.0)
 
 
 async def bill_servers(tx: Tx, until: float, reason: str) -> int:
     """:func:`bill_server` for every running server at once; returns how
     many rows were written."""
-    start = sa.func.coalesce(servers.c.billed, servers.c.started).label("start")
-    due = sa.and_(servers.c.status.in_(RUNNING), servers.c.started.is_not(None), start < until)
-    rows = (
-        await tx.execute(
-            sa.select(servers.c.uuid, servers.c.user, servers.c.cpu, servers.c.mem, start)
-            .where(due)
-            .with_for_update()
-        )
-    ).all()
-    if not rows:
-        return 0
-    recorded = now()
-    await tx.execute(
-        usage.insert(),
-        [
-            {
-                "user": r.user,
-                "kind": "server",
-                "object": r.uuid,
-                "start": r.start,
-                "end": until,
-                "cpu": r.cpu,
-                "mem": r.mem,
-                "bytes": None,
-                "reason": reason,
-                "recorded": recorded,
-            }
-            for r in rows
-        ],
-    )
-    await tx.execute(
-        servers.update().where(servers.c.uuid.in_([r.uuid for r in rows])).values(billed=until)
-    )
-    return len(rows)
+    return len(await _bill(tx, "server", sa.true(), until, reason))
 
 
 async def bill_drive(tx: Tx, uuid: str, until: float, reason: str) -> float:
-    """Record a drive's size over time from its mark to ``until``; library
-    drives (no owner) are nobody's usage."""
-    row = (
-        await tx.execute(
-            sa.select(drives.c.user, drives.c.size, drives.c.created, drives.c.billed)
-            .where(drives.c.uuid == uuid)
-            .with_for_update()
-        )
-    ).first()
-    if row is None or row.user is None:
-        return 0.0
-    start: float = row.billed if row.billed is not None else row.created
-    if until <= start:
-        return 0.0
-    await tx.execute(
-        usage.insert().values(
-            user=row.user,
-            kind="drive",
-            object=uuid,
-            start=start,
-            end=until,
-            bytes=row.size,
-            reason=reason,
-            recorded=now(),
-        )
-    )
-    await tx.execute(drives.update().where(drives.c.uuid == uuid).values(billed=until))
-    return until - start
+    """Record a drive's size over time from its mark to ``until``."""
+    return (await _bill(tx, "drive", drives.c.uuid == uuid, until, reason)).get(uuid, 0.0)
 
 
 async def bill_drives(tx: Tx, until: float, reason: str) -> int:
     """:func:`bill_drive` for every owned drive at once."""
-    start = sa.func.coalesce(drives.c.billed, drives.c.created).label("start")
-    due = sa.and_(drives.c.user.is_not(None), start < until)
-    rows = (
-        await tx.execute(
-            sa.select(drives.c.uuid, drives.c.user, drives.c.size, start)
-            .where(due)
-            .with_for_update()
-        )
-    ).all()
-    if not rows:
-        return 0
-    recorded = now()
-    await tx.execute(
-        usage.insert(),
-        [
-            {
-                "user": r.user,
-                "kind": "drive",
-                "object": r.uuid,
-                "start": r.start,
-                "end": until,
-                "cpu": None,
-                "mem": None,
-                "bytes": r.size,
-                "reason": reason,
-                "recorded": recorded,
-            }
-            for r in rows
-        ],
-    )
-    await tx.execute(
-        drives.update().where(drives.c.uuid.in_([r.uuid for r in rows])).values(billed=until)
-    )
-    return len(rows)
+    return len(await _bill(tx, "drive", sa.true(), until, reason))
 
 
 async def usage_between(
