@@ -18,6 +18,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from overcast.model.errors import UsageError
+from overcast.model.keys import parse_bool
+
 __all__ = ["Settings", "load_settings", "parse_listen"]
 
 
@@ -94,12 +97,10 @@ _KEYS = frozenset(
 
 
 def _bool(key: str, value: str) -> bool:
-    text = value.strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"setting {key}: {value!r} is not true or false")
+    try:
+        return parse_bool(f"setting {key}", value)
+    except UsageError as err:
+        raise ValueError(err.message) from None
 
 
 def _seconds(key: str, value: str) -> float:
