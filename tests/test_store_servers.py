@@ -548,7 +548,10 @@ async def test_upgrade_from_0001_keeps_data_and_downgrades(url: str, engine: sa.
     try:
         async with store.read() as tx:
             user = await user_rows.get_user(tx, "u")
+            secret = await user_rows.callback_secret(tx, "u")
         assert user is not None and user.name == "ann"
+        # 0004 gave the user who existed before it a callback signing secret.
+        assert secret is not None and secret.startswith("whsec_")
         server = await insert(store, make_server(user))
         drive = await add_drive(store, user)
         async with store.write() as tx:
