@@ -637,7 +637,7 @@ def test_server_info_of_a_stopped_and_a_paused_server() -> None:
         "vnc:password": "pw",
     }
     paused = dataclasses.replace(stopped, status=ServerStatus.PAUSED, started=5.0)
-    assert server_info(paused)["status"] == "active"
+    assert server_info(paused)["status"] == "paused"  # the owner's suspend (issue 6)
     assert server_info(dataclasses.replace(stopped, status=ServerStatus.STARTING))["status"] == (
         "starting"
     )

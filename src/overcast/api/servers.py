@@ -1,4 +1,9 @@
-"""``/servers/…`` routes."""
+"""``/servers/…`` routes.
+
+Beyond API.md's calls, ``POST /servers/S/suspend`` and ``/resume`` pause and
+resume a running guest (overcast's own; OCCI's ``suspend`` and ``start``)
+and answer 200 with the info, ``status paused`` or ``active``.
+"""
 
 from __future__ import annotations
 
@@ -66,6 +71,22 @@ async def start(request: Request) -> Response:
     )
 
 
+async def suspend(request: Request) -> Response:
+    user = await caller(request)
+    service = _servers(request)
+    return reply(
+        request, await service.info(await service.suspend(user, request.path_params["server"]))
+    )
+
+
+async def resume(request: Request) -> Response:
+    user = await caller(request)
+    service = _servers(request)
+    return reply(
+        request, await service.info(await service.resume(user, request.path_params["server"]))
+    )
+
+
 Verb = Callable[[ServerService, User, str], Awaitable[None]]
 
 #: The calls that act on a running guest and answer 204.
@@ -96,5 +117,7 @@ routes = [
     Route("/servers/{server}/info", info, methods=READ),
     Route("/servers/{server}/set", set_, methods=CHANGE),
     Route("/servers/{server}/start", start, methods=CHANGE),
+    Route("/servers/{server}/suspend", suspend, methods=CHANGE),
+    Route("/servers/{server}/resume", resume, methods=CHANGE),
     *(Route(f"/servers/{{server}}/{name}", _verb(name), methods=CHANGE) for name in _VERBS),
 ]

@@ -13,18 +13,35 @@ Guest ends come back from the host through :meth:`ServerService.host_exited`
 (in-process from this machine's agent, or a remote host's callback: see
 :mod:`overcast.cluster.exits`): a non-persistent server is deleted, a persistent
 one becomes ``stopped`` and lets go of its drives.
+
+A running server can be suspended (QEMU ``stop``: status ``paused``, still
+billed, devices and claims kept) and resumed. A paused guest cannot see its
+power button, so ``shutdown`` refuses it, and so does ``reset`` (QEMU would
+leave it in its pre-start state); ``stop`` and ``destroy`` work.
+
+Drives (``scsi`` and ``block``; IDE has no hot-plug) and NICs are
+attached to a running server and detached from it live: the checks and
+the claim are those of create, taken in the transaction that changes the
+configuration; then the host hot-plugs the device; a failure there undoes
+both. Detaching removes the device from the guest first and only then
+lets go of the claim. On a stopped server both are configuration changes.
+These verbs, ``set`` and suspend/resume run one at a time per server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
 import re
 import time
 import uuid as _uuid
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
 
 from overcast.cluster.exits import ExitReport
 from overcast.host.agent import UNOBSERVED
@@ -46,12 +63,14 @@ from overcast.model.keys import parse_uuid
 from overcast.model.server import (
     READ_ONLY,
     Bus,
+    DeviceSpec,
     Nic,
     NicModel,
     Server,
     ServerSpec,
     ServerStatus,
     new_mac,
+    parse_device_name,
     parse_server_spec,
     server_info,
 )
@@ -133,6 +152,7 @@ class ServerService:
         self.capacity = capacity
         self.check_callback = check_callback
         self.on_event = on_event
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # -- reads -------------------------------------------------------------
 
@@ -164,7 +184,7 @@ class ServerService:
                 rxp += nic.rx_packets or 0
                 txp += nic.tx_packets or 0
             record.update({"rx": rx, "tx": tx, "rx:packets": rxp, "tx:packets": txp})
-            names = {"drive-" + d.name.replace(":", "-"): d.name for d in server.spec.devices}
+            names = {_disk_device_id(d.name): d.name for d in server.spec.devices}
             for disk in running.info.disks:
                 if (name := names.get(disk.device)) is not None:
                     record[f"{name}:read:bytes"] = disk.read_bytes
@@ -199,29 +219,30 @@ class ServerService:
 
     async def _claims(self, tx: Tx, user: User, spec: ServerSpec) -> list[rows.Claim]:
         """Check every drive and the claims on it; the drives stay locked."""
-        claims = []
-        for device in spec.devices:
-            drive = await drive_rows.get_drive(tx, device.drive, lock=True)
-            if drive is None or not (
-                drive.user == user.uuid
-                or (drive.readable_by(user.uuid) and drive.claim_type is ClaimType.SHARED)
-            ):
-                raise MissingError(f"{device.name}: no drive {device.drive}")
-            if drive.format is LibraryFormat.GZIP:
-                raise UsageError(
-                    f"{device.name}: library drive {drive.uuid} is compressed; "
-                    "image it onto a drive of yours"
+        return [await self._claim(tx, user, device) for device in spec.devices]
+
+    async def _claim(self, tx: Tx, user: User, device: DeviceSpec) -> rows.Claim:
+        """Check one drive and the claims on it (the drive stays locked)."""
+        drive = await drive_rows.get_drive(tx, device.drive, lock=True)
+        if drive is None or not (
+            drive.user == user.uuid
+            or (drive.readable_by(user.uuid) and drive.claim_type is ClaimType.SHARED)
+        ):
+            raise MissingError(f"{device.name}: no drive {device.drive}")
+        if drive.format is LibraryFormat.GZIP:
+            raise UsageError(
+                f"{device.name}: library drive {drive.uuid} is compressed; "
+                "image it onto a drive of yours"
+            )
+        if drive.imaging is not None:
+            raise BusyError(f"{device.name}: drive {drive.uuid} is being imaged")
+        exclusive = drive.claim_type is ClaimType.EXCLUSIVE
+        for held in await rows.drive_claims(tx, drive.uuid):
+            if exclusive or held.exclusive:
+                raise BusyError(
+                    f"{device.name}: drive {drive.uuid} is claimed by server {held.server}"
                 )
-            if drive.imaging is not None:
-                raise BusyError(f"{device.name}: drive {drive.uuid} is being imaged")
-            exclusive = drive.claim_type is ClaimType.EXCLUSIVE
-            for held in await rows.drive_claims(tx, drive.uuid):
-                if exclusive or held.exclusive:
-                    raise BusyError(
-                        f"{device.name}: drive {drive.uuid} is claimed by server {held.server}"
-                    )
-            claims.append(rows.Claim(drive.uuid, device.name, exclusive))
-        return claims
+        return rows.Claim(drive.uuid, device.name, exclusive)
 
     async def _nics(
         self, tx: Tx, user: User, spec: ServerSpec, keep: tuple[Nic, ...] = ()
@@ -320,24 +341,11 @@ class ServerService:
         boot = {name: i for i, name in enumerate(spec.boot)}
         if not boot and spec.devices:
             boot = {spec.devices[0].name: 0}
-        disks = []
-        for device in spec.devices:
-            bus = _BUS[device.bus]
-            bus_no, unit = (
-                (0, device.index) if device.bus is Bus.VIRTIO else (device.index, device.unit)
-            )
-            disks.append(
-                DiskSpec(
-                    image=self.pool.path(device.drive),
-                    bus=bus,
-                    bus_no=bus_no,
-                    unit=unit,
-                    media=_MEDIA[device.media],
-                    bootindex=boot.get(device.name),
-                    shared=device.drive in shared,
-                )
-            )
-        nics = tuple(NicSpec(model=_MODEL[n.model], mac=n.mac) for n in server.nics)
+        disks = [
+            self._disk(device, boot.get(device.name), device.drive in shared)
+            for device in spec.devices
+        ]
+        nics = tuple(_nic_spec(n) for n in server.nics)
         vnc = VncSpec("127.0.0.1", 0, spec.vnc_password) if spec.vnc_password else None
         return GuestSpec(
             uuid=server.uuid,
@@ -348,6 +356,20 @@ class ServerService:
             disks=tuple(disks),
             nics=nics,
             vnc=vnc,
+        )
+
+    def _disk(self, device: DeviceSpec, bootindex: int | None, shared: bool) -> DiskSpec:
+        bus_no, unit = (
+            (0, device.index) if device.bus is Bus.VIRTIO else (device.index, device.unit)
+        )
+        return DiskSpec(
+            image=self.pool.path(device.drive),
+            bus=_BUS[device.bus],
+            bus_no=bus_no,
+            unit=unit,
+            media=_MEDIA[device.media],
+            bootindex=bootindex,
+            shared=shared,
         )
 
     async def _reread(self, uuid: str) -> Server:
@@ -368,9 +390,11 @@ class ServerService:
             current = await rows.get_server(tx, server.uuid, lock=True)
             if current is None or current.status is not ServerStatus.STOPPED:
                 raise BusyError(f"server {uuid} is not stopped")
-            claims = await self._claims(tx, user, server.spec)
+            # The configuration as it is now (a drive may have been attached
+            # since it was read above).
+            claims = await self._claims(tx, user, current.spec)
             await rows.take_claims(tx, server.uuid, claims)
-            await self._check_room(tx, user, server.spec)
+            await self._check_room(tx, user, current.spec)
             # ``started`` set on a starting row marks a restart, not a create:
             # after a crash the reconciler stops it again instead of deleting it.
             await rows.set_status(tx, server.uuid, ServerStatus.STARTING, started=time.time())
@@ -394,7 +418,16 @@ class ServerService:
             raise BusyError(f"server {uuid} is not running") from None
 
     async def shutdown(self, user: User, uuid: str) -> None:
-        """Press the power button; the guest decides (it may not obey)."""
+        """Press the power button; the guest decides (it may not obey).
+
+        A paused guest is refused rather than resumed behind the owner's
+        back: it could not see the press until resumed.
+        """
+        if (await self.owned(user, uuid)).status is ServerStatus.PAUSED:
+            raise BusyError(
+                f"server {uuid} is paused and cannot see its power button: "
+                "resume it first, or stop it"
+            )
         await self._on_guest(user, uuid, self.host.powerdown)
 
     async def stop(self, user: User, uuid: str) -> None:
@@ -402,6 +435,10 @@ class ServerService:
         await self._on_guest(user, uuid, self.host.stop)
 
     async def reset(self, user: User, uuid: str) -> None:
+        """Hard reset. Not while paused: QEMU would leave the guest in its
+        pre-start state until resumed; resume it first, or stop it."""
+        if (await self.owned(user, uuid)).status is ServerStatus.PAUSED:
+            raise BusyError(f"server {uuid} is paused: resume it first, or stop it")
         await self._on_guest(user, uuid, self.host.reset)
 
     async def destroy(self, user: User, uuid: str) -> None:
@@ -419,6 +456,10 @@ class ServerService:
         generated ``nic:0:mac`` or the running ``vnc:ip`` are then not
         changes that a running server refuses).
         """
+        async with self._exclusive(parse_uuid("server", uuid)):
+            return await self._set(user, uuid, keys)
+
+    async def _set(self, user: User, uuid: str, keys: Keys) -> Server:
         server = await self.owned(user, uuid)
         shown = {k: str(v) for k, v in server_info(server).items()}
         changes = {
@@ -444,8 +485,8 @@ class ServerService:
             current = await rows.get_server(tx, server.uuid, lock=True)
             if current is None:
                 raise MissingError(f"no server {uuid}")
-            if current.status is not server.status:
-                raise BusyError(f"server {uuid} changed state meanwhile; try again")
+            if current.status is not server.status or current.config != server.config:
+                raise BusyError(f"server {uuid} changed meanwhile; try again")
             if running and (spec.cpu, spec.mem) != (server.spec.cpu, server.spec.mem):
                 # The ledger's record at the old size ends with the change.
                 await usage_rows.bill_server(tx, server.uuid, time.time(), "change")
@@ -542,6 +583,8 @@ class ServerService:
                 if server.status is ServerStatus.STARTING:
                     async with self.store.write() as tx:
                         await rows.set_status(tx, server.uuid, ServerStatus.ACTIVE, time.time())
+                else:
+                    await self._settle(server)
                 continue
             if server.status is ServerStatus.STARTING and server.started is not None:
                 async with self.store.write() as tx:  # an interrupted start: stopped again
@@ -554,3 +597,289 @@ class ServerService:
                 log.info("rolled back the interrupted create of server %s", server.uuid)
             else:
                 await self.host_exited(ExitReport(server.uuid, UNOBSERVED, time.time()))
+
+    async def _settle(self, server: Server) -> None:
+        """Make an adopted guest's record say what its QEMU has: a suspend,
+        resume, attach or detach that the crash cut short left them apart.
+        QEMU's run state wins; a device the record lists but QEMU lacks is
+        dropped with its claim (its attach never finished, or its detach
+        did). A guest that cannot be asked is left as it is."""
+        try:
+            guest = (await self.host.info(server.uuid)).info
+        except OvercastError as err:
+            log.warning("server %s: cannot compare with its guest: %s", server.uuid, err)
+            return
+        state = _RUN_STATES.get(guest.status)
+        disks = {d.device for d in guest.disks}
+        lost = [d.name for d in server.spec.devices if _disk_device_id(d.name) not in disks]
+        cards = {n.device for n in guest.nics}
+        lost_nics = [n.index for n in server.nics if f"nic{n.index}" not in cards]
+        if not lost and not lost_nics and state in (None, server.status):
+            return
+        async with self.store.write() as tx:
+            current = await rows.get_server(tx, server.uuid, lock=True)
+            if current is None or current.status not in _RUN_STATES.values():
+                return
+            if state is not None and state is not current.status:
+                await rows.set_run_state(tx, server.uuid, state)
+            config = dict(current.config)
+            for name in lost:
+                await rows.release_claim(tx, server.uuid, name)
+                config = _without_device(config, name)
+            for index in lost_nics:
+                await rows.remove_nic(tx, server.uuid, index)
+                config = _without_nic(config, index)
+            if config != current.config:
+                await rows.update_config(tx, server.uuid, config)
+        log.warning(
+            "server %s settled after restart: guest %s, dropped devices %s, NICs %s",
+            server.uuid,
+            guest.status,
+            lost,
+            lost_nics,
+        )
+
+    # -- suspend and resume --------------------------------------------------------
+
+    async def suspend(self, user: User, uuid: str) -> Server:
+        """Pause a running guest (QEMU ``stop``); its info says ``status paused``.
+
+        It keeps its host, devices and claims and is billed as running.
+        :class:`BusyError` unless the server is active.
+        """
+        return await self._switch(user, uuid, ServerStatus.PAUSED, self.host.pause)
+
+    async def resume(self, user: User, uuid: str) -> Server:
+        """Let a paused guest run again (QEMU ``cont``). :class:`BusyError`
+        unless the server is paused."""
+        return await self._switch(user, uuid, ServerStatus.ACTIVE, self.host.resume)
+
+    async def _switch(self, user: User, uuid: str, to: ServerStatus, verb: GuestVerb) -> Server:
+        before = ServerStatus.ACTIVE if to is ServerStatus.PAUSED else ServerStatus.PAUSED
+        async with self._exclusive(parse_uuid("server", uuid)):
+            server = await self.owned(user, uuid)
+            if server.status is not before:
+                raise BusyError(f"server {uuid} is {server.status.value}, not {before.value}")
+            await self._on_host(server.uuid, verb(server.uuid))
+            async with self.store.write() as tx:
+                current = await rows.get_server(tx, server.uuid, lock=True)
+                # Not so any more: the guest ended meanwhile and its end was processed.
+                if current is not None and current.status is before:
+                    await rows.set_run_state(tx, server.uuid, to)
+            return await self._reread(server.uuid)
+
+    # -- attaching and detaching ---------------------------------------------------
+
+    async def attach_drive(
+        self, user: User, uuid: str, device: str, drive: str, *, media: str = "disk"
+    ) -> Server:
+        """Attach ``drive`` on ``device`` (``ide:B:U``, ``scsi:0:U``, ``block:N``).
+
+        The checks and claim rules are create's. On a running server the
+        claim and the configuration change are committed together, then the
+        drive is hot-plugged (IDE cannot be: :class:`BusyError`) and
+        confirmed; any failure undoes both. On a stopped server it is a
+        configuration change. A device already in use is a :class:`BusyError`.
+        """
+        bus = parse_device_name(device)[0]
+        name = device.strip()
+        drive = parse_uuid(name, drive)
+        try:
+            kind = Media(media.strip())
+        except ValueError:
+            raise UsageError(f"{name}:media: {media[:20]!r} is not disk or cdrom") from None
+        async with self._exclusive(parse_uuid("server", uuid)):
+            server = await self.owned(user, uuid)
+            running = _hotplug_target(server, name, bus)
+            if name in server.config:
+                raise BusyError(f"{name} of server {uuid} has drive {server.config[name]} already")
+            added = {name: drive, **({f"{name}:media": kind.value} if kind is Media.CDROM else {})}
+            config = {**server.config, **added}
+            (wanted,) = [d for d in parse_server_spec(config).devices if d.name == name]
+            async with self.store.write() as tx:
+                await _locked(tx, server)
+                claim = await self._claim(tx, user, wanted)
+                if running:
+                    await rows.take_claims(tx, server.uuid, [claim])
+                await rows.update_config(tx, server.uuid, config)
+            if running:
+                disk = self._disk(wanted, None, shared=not claim.exclusive)
+                try:
+                    await self._on_host(server.uuid, self.host.attach_disk(server.uuid, disk))
+                except BaseException:
+                    await self._forget(server.uuid, lambda c: _without_device(c, name), name)
+                    raise
+            return await self._reread(server.uuid)
+
+    async def detach_drive(self, user: User, uuid: str, device: str) -> Server:
+        """Detach the drive on ``device``: on a running server it is
+        hot-unplugged first (QEMU's ``DEVICE_DELETED`` awaited, its image
+        closed), then its keys and claim go. A guest that does not let go
+        of a PCI disk in time (it needs its OS to) is a :class:`BusyError`
+        and the drive stays attached."""
+        bus = parse_device_name(device)[0]
+        name = device.strip()
+        async with self._exclusive(parse_uuid("server", uuid)):
+            server = await self.owned(user, uuid)
+            if name not in server.config:
+                raise MissingError(f"server {uuid} has no drive on {name}")
+            running = _hotplug_target(server, name, bus)
+            if running:
+                await self._on_host(server.uuid, self.host.detach_disk(server.uuid, name))
+            await self._forget(
+                server.uuid, lambda c: _without_device(c, name), name, stopped=not running
+            )
+            return await self._reread(server.uuid)
+
+    async def attach_nic(
+        self,
+        user: User,
+        uuid: str,
+        index: int,
+        *,
+        model: str = "virtio",
+        vlan: str | None = None,
+        dhcp: str | None = None,
+        mac: str | None = None,
+    ) -> Server:
+        """Add ``nic:index`` with create's checks (VLAN owned, address owned
+        and free or ``auto``, MAC unique on its network); on a running server
+        its tap goes on the network's bridge and the card is hot-plugged and
+        confirmed, and a failure there takes the NIC out again."""
+        prefix = f"nic:{index}"
+        given = {"model": model, "vlan": vlan, "dhcp": dhcp, "mac": mac}
+        keys = {f"{prefix}:{k}": v for k, v in given.items() if v is not None}
+        async with self._exclusive(parse_uuid("server", uuid)):
+            server = await self.owned(user, uuid)
+            running = _hotplug_target(server, prefix, None)
+            if any(k.startswith(f"{prefix}:") for k in server.config):
+                raise BusyError(f"server {uuid} has a {prefix} already")
+            spec = parse_server_spec({**server.config, **keys})
+            (wanted,) = [n for n in spec.nics if n.index == index]
+            try:
+                async with self.store.write() as tx:
+                    await _locked(tx, server)
+                    (nic,) = await self._nics(tx, user, dataclasses.replace(spec, nics=(wanted,)))
+                    await rows.add_nic(tx, server.uuid, nic)
+                    await rows.update_config(tx, server.uuid, {**server.config, **keys})
+            except IntegrityError as err:  # a MAC or address taken meanwhile
+                raise BusyError(f"{prefix}: its MAC or address was just taken; try again") from err
+            if running:
+                try:
+                    await self._on_host(
+                        server.uuid, self.host.attach_nic(server.uuid, _nic_spec(nic), nic.vlan)
+                    )
+                except BaseException:
+                    await self._forget(server.uuid, lambda c: _without_nic(c, index), nic=index)
+                    raise
+            return await self._reread(server.uuid)
+
+    async def detach_nic(self, user: User, uuid: str, index: int) -> Server:
+        """Remove ``nic:index``: hot-unplugged first on a running server
+        (then its tap goes), then its record; its MAC and address are free."""
+        async with self._exclusive(parse_uuid("server", uuid)):
+            server = await self.owned(user, uuid)
+            if all(n.index != index for n in server.nics):
+                raise MissingError(f"server {uuid} has no nic:{index}")
+            running = _hotplug_target(server, f"nic:{index}", None)
+            if running:
+                await self._on_host(server.uuid, self.host.detach_nic(server.uuid, index))
+            await self._forget(
+                server.uuid, lambda c: _without_nic(c, index), nic=index, stopped=not running
+            )
+            return await self._reread(server.uuid)
+
+    async def _forget(
+        self,
+        uuid: str,
+        change: Callable[[Mapping[str, str]], dict[str, str]],
+        device: str | None = None,
+        *,
+        nic: int | None = None,
+        stopped: bool = False,
+    ) -> None:
+        """Take a device out of a server's record: its configuration keys,
+        and the drive's claim or the NIC's row. ``stopped``: only if the
+        server is still stopped (else it started meanwhile, with the device)."""
+        async with self.store.write() as tx:
+            current = await rows.get_server(tx, uuid, lock=True)
+            if current is None:
+                return
+            if stopped and current.status is not ServerStatus.STOPPED:
+                raise BusyError(f"server {uuid} started meanwhile; try again")
+            if device is not None:
+                await rows.release_claim(tx, uuid, device)
+            if nic is not None:
+                await rows.remove_nic(tx, uuid, nic)
+            await rows.update_config(tx, uuid, change(current.config))
+
+    async def _on_host(self, uuid: str, call: Awaitable[None]) -> None:
+        try:
+            await call
+        except MissingError:
+            # The store said it runs but the guest has just ended.
+            raise BusyError(f"server {uuid} is not running") from None
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, uuid: str) -> AsyncIterator[None]:
+        """One of these state changes of a server at a time in this process:
+        each reads the server, acts on its guest, then writes what it did."""
+        lock = self._locks.get(uuid)
+        if lock is None:
+            lock = self._locks[uuid] = asyncio.Lock()
+        async with lock:
+            yield
+
+
+#: QMP run states that are a server's, and the status each means.
+_RUN_STATES = {"running": ServerStatus.ACTIVE, "paused": ServerStatus.PAUSED}
+
+
+def _hotplug_target(server: Server, name: str, bus: Bus | None) -> bool:
+    """Whether a device change on ``name`` is a hot-plug (the server runs)
+    or a configuration change (it is stopped); :class:`BusyError` otherwise."""
+    if server.status is ServerStatus.STOPPED:
+        return False
+    if server.status is ServerStatus.PAUSED:
+        raise BusyError(f"server {server.uuid} is paused: resume it to change its devices")
+    if server.status is not ServerStatus.ACTIVE:
+        raise BusyError(f"server {server.uuid} is {server.status.value}; try again once it runs")
+    if bus is Bus.IDE:
+        raise BusyError(
+            f"{name}: IDE drives cannot be attached or detached while server {server.uuid} "
+            "runs (AHCI has no hot-plug); stop it first, or use scsi:0:U or block:N"
+        )
+    return True
+
+
+async def _locked(tx: Tx, server: Server) -> None:
+    """Lock the server's row; it must be as ``server`` was read."""
+    current = await rows.get_server(tx, server.uuid, lock=True)
+    if current is None:
+        raise MissingError(f"no server {server.uuid}")
+    if current.status is not server.status or current.config != server.config:
+        raise BusyError(f"server {server.uuid} changed meanwhile; try again")
+
+
+def _without_device(config: Mapping[str, str], name: str) -> dict[str, str]:
+    kept = {k: v for k, v in config.items() if k not in (name, f"{name}:media")}
+    if "boot" in kept:
+        boot = [d for d in kept["boot"].split() if d != name]
+        if boot:
+            kept["boot"] = " ".join(boot)
+        else:
+            del kept["boot"]
+    return kept
+
+
+def _without_nic(config: Mapping[str, str], index: int) -> dict[str, str]:
+    return {k: v for k, v in config.items() if not k.startswith(f"nic:{index}:")}
+
+
+def _nic_spec(nic: Nic) -> NicSpec:
+    return NicSpec(model=_MODEL[nic.model], mac=nic.mac, index=nic.index)
+
+
+def _disk_device_id(name: str) -> str:
+    """QEMU's id of the disk on a device (as the host reports it in info)."""
+    return "drive-" + name.replace(":", "-")

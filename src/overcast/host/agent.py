@@ -11,7 +11,9 @@ so guests outlive the agent; the directory is what lets a new agent run take
 them back (:meth:`HostAgent.adopt_all`) and is the agent's only memory:
 
 * ``agent.json`` — the taps and VNC address the agent chose, written before
-  any tap or QEMU exists, so that whatever a crash leaves can be undone;
+  any tap or QEMU exists (and again before a hot-plugged NIC's tap is made,
+  and after a removed one's is gone), so that whatever a crash leaves can
+  be undone;
 * ``ended.json`` — how and when the guest ended, written as soon as the end
   is seen and before it is reported, so a report that fails (or an agent
   that dies while reporting) is retried by the next run with the true facts;
@@ -22,10 +24,18 @@ run directories the agent touches a ``heartbeat`` file every second: a
 guest that ended while no agent ran was alive when the last agent last beat,
 which bounds when it ended (see :class:`GuestEnd`).
 
-A QEMU found still paused before its first ``cont`` belongs to a start
-that an agent death cut short: adoption kills it and reports its end
-(:data:`INTERRUPTED`), so that the manager rolls that create back rather
-than count a guest that never runs as active.
+A QEMU found still paused before its first ``cont`` (QMP status
+``prelaunch``) belongs to a start that an agent death cut short: adoption
+kills it and reports its end (:data:`INTERRUPTED`), so that the manager
+rolls that create back rather than count a guest that never runs as active.
+A guest paused after it ran is adopted as it is, still paused: status
+``paused`` (the owner's suspend), or ``prelaunch`` again when it was reset
+while paused, which ``agent.json`` tells apart (its ``ran`` flag is set
+once a start has completed).
+
+Disks and NICs are hot-plugged into a running guest and out of it one verb
+at a time per guest; a hot-plugged NIC's tap goes on its network's bridge
+like any other, and goes away with the NIC or with the guest.
 
 Every guest end — power-off from inside, a kill, a crash, an end that
 happened while no agent ran, or an interrupted start — is reported exactly
@@ -58,10 +68,10 @@ from pathlib import Path
 
 from overcast.host.cpulimit import CpuLimits
 from overcast.hypervisor import net
-from overcast.hypervisor.argv import RunFiles
+from overcast.hypervisor.argv import RunFiles, nic_id
 from overcast.hypervisor.process import find_qemu
 from overcast.hypervisor.qemu import GuestHandle, QemuDriver
-from overcast.hypervisor.spec import GuestExit, GuestInfo, GuestSpec, VncSpec
+from overcast.hypervisor.spec import DiskSpec, GuestExit, GuestInfo, GuestSpec, NicSpec, VncSpec
 from overcast.model.errors import (
     BusyError,
     FailedError,
@@ -163,13 +173,19 @@ def bridge_name(vlan: str | None, prefix: str = "oc") -> str:
 
 @dataclass(frozen=True)
 class _Record:
-    """What the agent chose for one guest (``agent.json``)."""
+    """What the agent chose for one guest (``agent.json``); ``ran``: its
+    start completed (QEMU was let run)."""
 
     taps: tuple[str, ...]
     vnc: VncAddress | None
+    ran: bool = False
 
     def dump(self) -> dict[str, object]:
-        return {"taps": list(self.taps), "vnc": dataclasses.asdict(self.vnc) if self.vnc else None}
+        return {
+            "taps": list(self.taps),
+            "vnc": dataclasses.asdict(self.vnc) if self.vnc else None,
+            "ran": self.ran,
+        }
 
     @classmethod
     def load(cls, data: dict[str, object]) -> _Record:
@@ -178,6 +194,7 @@ class _Record:
         return cls(
             taps=tuple(str(t) for t in taps) if isinstance(taps, list) else (),
             vnc=VncAddress(str(vnc["ip"]), int(vnc["port"])) if isinstance(vnc, dict) else None,
+            ran=data.get("ran") is True,
         )
 
 
@@ -225,6 +242,7 @@ class HostAgent:
         self._starting: set[str] = set()
         self._displays: set[int] = set()  # reserved by starts under way
         self._kept: set[str] = set()  # reports that failed in this run
+        self._plugging: dict[str, asyncio.Lock] = {}  # one hot-plug verb per guest
         self._beating: asyncio.Task[None] | None = None
         self.cpu = CpuLimits(f"{ifprefix}-guests")
         self.rundir.mkdir(parents=True, exist_ok=True)
@@ -258,8 +276,8 @@ class HostAgent:
         networks = tuple(networks)
         if len(networks) != len(spec.nics):
             raise UsageError(f"{len(spec.nics)} NICs but {len(networks)} networks")
-        if len(spec.nics) > _MAX_NICS:
-            raise UsageError(f"a guest has at most {_MAX_NICS} NICs on this host")
+        if len(spec.nics) > _MAX_NICS or any(n.slot >= _MAX_NICS for n in spec.nics):
+            raise UsageError(f"a guest has at most {_MAX_NICS} NICs on this host: nic:0 to nic:9")
         ending = self._watchers.get(server)
         if ending is not None and server not in self._guests:
             await asyncio.wait({ending})  # its last run is still being reported
@@ -309,6 +327,80 @@ class HostAgent:
         guest = self._guest(server)
         return RunningGuest(await self.driver.info(guest.handle), guest.record.vnc)
 
+    # -- hot-plug ----------------------------------------------------------
+
+    async def attach_disk(self, server: str, disk: DiskSpec) -> None:
+        """Hot-plug ``disk`` into the running guest; return once QEMU has it."""
+        async with self._plug_lock(server):
+            await self.driver.plug_disk(self._guest(server).handle, disk)
+
+    async def detach_disk(self, server: str, device: str) -> None:
+        """Hot-unplug the disk on ``device`` (``scsi:0:1``, ``block:2``);
+        return once QEMU has let go of it and of its image."""
+        async with self._plug_lock(server):
+            await self.driver.unplug_disk(self._guest(server).handle, device)
+
+    async def attach_nic(self, server: str, nic: NicSpec, network: str | None) -> None:
+        """Hot-plug ``nic`` (its ``index`` is the API's N) on ``network``
+        (a VLAN; None: public): its tap on the network's bridge, then the
+        card; return once QEMU has it. On failure the tap goes again."""
+        if nic.slot >= _MAX_NICS:
+            raise UsageError(f"a guest has at most {_MAX_NICS} NICs on this host: nic:0 to nic:9")
+        async with self._plug_lock(server):
+            guest = self._guest(server)
+            if not self.networking:
+                await self.driver.plug_nic(guest.handle, nic)
+                return
+            tap = self.tap(server, nic.slot)
+            bound = dataclasses.replace(nic, tap=tap)
+            new = tap not in guest.record.taps
+            if not new and nic_id(nic.slot) in {
+                n.device for n in (await self.driver.info(guest.handle)).nics
+            }:
+                # The card is there: the driver verifies it; its tap stays where it is.
+                await self.driver.plug_nic(guest.handle, bound)
+                return
+            if new:  # recorded before it exists, so that a crash cannot leak it
+                self._set_record(
+                    server, dataclasses.replace(guest.record, taps=(*guest.record.taps, tap))
+                )
+            try:
+                await net.ensure_bridge(self.bridge(network))
+                await net.ensure_tap(tap, bridge=self.bridge(network))
+                await self.driver.plug_nic(guest.handle, bound)
+            except BaseException:
+                if new:
+                    await _remove_taps([tap])
+                    self._forget_tap(server, tap)
+                raise
+
+    async def detach_nic(self, server: str, index: int) -> None:
+        """Hot-unplug NIC ``index``, then remove its tap; return once both are gone."""
+        async with self._plug_lock(server):
+            guest = self._guest(server)
+            await self.driver.unplug_nic(guest.handle, index)
+            tap = self.tap(server, index)
+            if tap in guest.record.taps:
+                await _remove_taps([tap])
+                self._forget_tap(server, tap)
+
+    def _plug_lock(self, server: str) -> asyncio.Lock:
+        self._guest(server)  # MissingError for a guest that does not run here
+        return self._plugging.setdefault(server, asyncio.Lock())
+
+    def _set_record(self, server: str, record: _Record) -> None:
+        """Change a running guest's record, on disk first."""
+        guest = self._guest(server)
+        _write_json(guest.handle.rundir / _RECORD, record.dump())
+        self._guests[server] = _Guest(guest.handle, record)
+
+    def _forget_tap(self, server: str, tap: str) -> None:
+        guest = self._guests.get(server)
+        if guest is not None:
+            taps = tuple(t for t in guest.record.taps if t != tap)
+            with contextlib.suppress(OSError):  # a stale entry only costs a no-op removal
+                self._set_record(server, dataclasses.replace(guest.record, taps=taps))
+
     # -- lifecycle ---------------------------------------------------------
 
     async def adopt_all(self) -> None:
@@ -343,7 +435,8 @@ class HostAgent:
                 else:
                     if record is None:
                         record = _Record(tuple(handle.taps.values()), None)
-                    if not await self._never_ran(server, handle):
+                    self._remember_hot_taps(server, handle, record)
+                    if not await self._never_ran(server, handle, record):
                         log.info("adopted guest %s (pid %d)", server, handle.pid)
                         self._track(server, handle, record)
                         continue
@@ -356,9 +449,18 @@ class HostAgent:
         if reports:
             await asyncio.wait(reports)
 
-    async def _never_ran(self, server: str, handle: GuestHandle) -> bool:
+    def _remember_hot_taps(self, server: str, handle: GuestHandle, record: _Record) -> None:
+        """QEMU's command line names the taps of the NICs it started with; the
+        record also has those of NICs hot-plugged since (tap names say which)."""
+        slots = {self.tap(server, i): i for i in range(_MAX_NICS)}
+        hot = {nic_id(slots[t]): t for t in record.taps if t in slots}
+        self.driver.remember_taps(handle, hot)
+
+    async def _never_ran(self, server: str, handle: GuestHandle, record: _Record) -> bool:
         """Whether an adopted QEMU is one whose start was cut short: still in
-        ``prelaunch``, its devices never confirmed and ``cont`` never sent.
+        ``prelaunch``, its devices never confirmed and ``cont`` never sent
+        (a guest that ran and was then reset while paused is in
+        ``prelaunch`` too, but its record says it ran).
 
         Nobody would ever resume it: the manager counts the start as failed
         or, not knowing, as done, and the guest would sit paused for good.
@@ -371,7 +473,7 @@ class HostAgent:
         except OvercastError as err:
             log.warning("guest %s: cannot query its state on adoption: %s", server, err)
             return False
-        if status != "prelaunch":
+        if status != "prelaunch" or record.ran:
             return False
         log.warning("guest %s (pid %d) never ran: its start was interrupted", server, handle.pid)
         try:
@@ -410,7 +512,7 @@ class HostAgent:
         rundir = self.rundir / server
         if _qemu_lives(rundir):
             return await self._take_over(spec, rundir)
-        taps = tuple(self.tap(server, i) for i in range(len(networks))) if self.networking else ()
+        taps = tuple(self.tap(server, n.slot) for n in spec.nics) if self.networking else ()
         if rundir.exists():  # what a run that died left: its guest has ended
             if (rundir / _ENDED).exists():
                 log.warning("guest %s: an unreported end is superseded by a new start", server)
@@ -441,24 +543,34 @@ class HostAgent:
         finally:
             if display is not None:
                 self._displays.discard(display)
+        record = self._ran(rundir, record)
         self._track(server, handle, record)
         return RunningGuest(info, record.vnc)
+
+    def _ran(self, rundir: Path, record: _Record) -> _Record:
+        """``record`` of a guest whose start has completed, on disk too."""
+        record = dataclasses.replace(record, ran=True)
+        try:
+            _write_json(rundir / _RECORD, record.dump())
+        except OSError as err:  # the guest runs; only a reset-while-paused adoption would suffer
+            log.error("guest %s: cannot record that it ran: %s", rundir.name, err)
+        return record
 
     async def _take_over(self, spec: GuestSpec, rundir: Path) -> RunningGuest:
         """A QEMU runs for this server but nobody watches it: verify and adopt it."""
         record = _read_record(rundir)
-        if record is None or len(record.taps) not in (0, len(spec.nics)):
+        taps = {self.tap(spec.uuid, n.slot) for n in spec.nics}
+        if record is None or (record.taps and set(record.taps) != taps):
             raise BusyError(f"a QEMU this agent did not start runs in {rundir}")
         handle = await self.driver.start(self._bind(spec, record), rundir)
-        self._track(spec.uuid, handle, record)
+        self._track(spec.uuid, handle, self._ran(rundir, record))
         return await self.info(spec.uuid)
 
     def _bind(self, spec: GuestSpec, record: _Record) -> GuestSpec:
         """``spec`` with the taps and VNC address of ``record``."""
         nics = spec.nics
         if record.taps:
-            pairs = zip(nics, record.taps, strict=True)
-            nics = tuple(dataclasses.replace(nic, tap=tap) for nic, tap in pairs)
+            nics = tuple(dataclasses.replace(n, tap=self.tap(spec.uuid, n.slot)) for n in nics)
         vnc = None
         if spec.vnc is not None and record.vnc is not None:
             vnc = VncSpec(record.vnc.ip, record.vnc.port - 5900, spec.vnc.password)
@@ -493,7 +605,10 @@ class HostAgent:
         try:
             exit_: GuestExit = await self.driver.wait_exit(handle)
             end = GuestEnd(server, exit_.reason, exit_.guest_initiated, time.time())
-            self._guests.pop(server, None)
+            guest = self._guests.pop(server, None)
+            self._plugging.pop(server, None)
+            if guest is not None:  # with the taps of NICs hot-plugged since
+                record = guest.record
             try:
                 _write_json(handle.rundir / _ENDED, dataclasses.asdict(end))
             except OSError as err:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from overcast.host.agent import HostAgent, RunningGuest
-from overcast.hypervisor.spec import GuestSpec
+from overcast.hypervisor.spec import DiskSpec, GuestSpec, NicSpec
 
 __all__ = ["HostClient", "LocalHost"]
 
@@ -60,6 +60,27 @@ class HostClient(Protocol):
 
     async def info(self, server: str) -> RunningGuest:
         """The guest's state, devices and counters now."""
+        ...
+
+    async def attach_disk(self, server: str, disk: DiskSpec) -> None:
+        """Hot-plug ``disk`` (``scsi`` or ``virtio``; IDE cannot be, a
+        :class:`~overcast.model.errors.BusyError`) into the running guest;
+        return once QEMU has it. A failure leaves the guest as it was."""
+        ...
+
+    async def detach_disk(self, server: str, device: str) -> None:
+        """Hot-unplug the disk on the API's ``device`` name; return once it
+        and its image are gone. A guest that keeps a PCI device (no OS to
+        release it) is a :class:`~overcast.model.errors.BusyError`."""
+        ...
+
+    async def attach_nic(self, server: str, nic: NicSpec, network: str | None) -> None:
+        """Hot-plug NIC ``nic.index`` on ``network`` (a VLAN; None: the
+        public network); return once QEMU has it on a tap on that network."""
+        ...
+
+    async def detach_nic(self, server: str, index: int) -> None:
+        """Hot-unplug NIC ``index`` and remove its tap."""
         ...
 
     async def running(self) -> set[str]:
@@ -106,6 +127,18 @@ class LocalHost(HostClient):
 
     async def info(self, server: str) -> RunningGuest:
         return await self.agent.info(server)
+
+    async def attach_disk(self, server: str, disk: DiskSpec) -> None:
+        await self.agent.attach_disk(server, disk)
+
+    async def detach_disk(self, server: str, device: str) -> None:
+        await self.agent.detach_disk(server, device)
+
+    async def attach_nic(self, server: str, nic: NicSpec, network: str | None) -> None:
+        await self.agent.attach_nic(server, nic, network)
+
+    async def detach_nic(self, server: str, index: int) -> None:
+        await self.agent.detach_nic(server, index)
 
     async def running(self) -> set[str]:
         return self.agent.running()

@@ -20,6 +20,14 @@ The machine:
   ``B*2+U``: ``ide:0:0``..``ide:2:1`` exist, like three IDE buses of two.
 * ``scsi:0:U`` goes to one ``virtio-scsi-pci`` controller (``scsi0``), target
   ``U``, LUN 0. ``block:N`` is a ``virtio-blk-pci`` device.
+* Hot-plug: q35's root bus takes no hot-plugged device, so every guest gets
+  :data:`HOTPLUG_PORTS` empty ``pcie-root-port`` devices (``hp0``, ...), the
+  functions of one slot (``0x1e``), each the home of one hot-plugged PCI
+  device (a ``block:N`` or a NIC). The SCSI controller is always there, so
+  that ``scsi:0:U`` disks can be hot-plugged onto it. AHCI has no hot-plug.
+  The pure builders of each device (:func:`disk_blockdev`,
+  :func:`disk_device`, :func:`nic_netdev`, :func:`nic_device`) serve the
+  command line and the driver's ``device_add`` alike.
 * Images are opened with ``-blockdev`` (JSON, so any path is safe) with
   QEMU's image locking left on: it is our second guard against one image
   running twice. ``shared`` disks set ``share-rw`` so that several guests
@@ -39,21 +47,30 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from overcast.hypervisor.spec import Accel, DiskSpec, GuestSpec, NicModel
+from overcast.hypervisor.spec import Accel, DiskSpec, GuestSpec, NicModel, NicSpec
 from overcast.model.errors import FailedError, UsageError
 
 __all__ = [
+    "HOTPLUG_PORTS",
     "IDE_PORTS",
     "PCI_SLOTS",
     "QEMU",
+    "SCSI_CONTROLLER",
     "SCSI_TARGETS",
     "RunFiles",
     "accel_argv",
     "describe",
+    "disk_blockdev",
+    "disk_device",
     "disk_driver",
     "disk_id",
+    "disk_ids",
+    "hotplug_ports",
+    "netdev_id",
+    "nic_device",
     "nic_driver",
     "nic_id",
+    "nic_netdev",
     "qemu_argv",
     "qmp_chardev",
     "taps_from_argv",
@@ -66,6 +83,12 @@ IDE_PORTS = 6
 SCSI_TARGETS = 256
 #: Free slots on q35's root bus: 32, less the host bridge (0) and ICH9 (31).
 PCI_SLOTS = 30
+#: Empty PCIe root ports each guest gets for hot-plugged PCI devices.
+HOTPLUG_PORTS = 4
+#: The root-bus slot whose functions are the hot-plug ports.
+_HOTPLUG_SLOT = 0x1E
+#: The virtio-scsi controller every guest has; its bus is ``scsi0.0``.
+SCSI_CONTROLLER = "scsi0"
 #: sun_path of a unix socket holds 108 bytes, the final NUL included.
 _SUN_PATH = 107
 
@@ -115,7 +138,13 @@ class RunFiles:
 
 def disk_id(disk: DiskSpec) -> str:
     """QEMU device id of a disk: ``drive-ide-0-1``, ``drive-scsi-0-2``, ``drive-block-3``."""
-    return "drive-" + disk.name.replace(":", "-")
+    return disk_ids(disk.name)[0]
+
+
+def disk_ids(name: str) -> tuple[str, str]:
+    """(device id, block node name) of the disk on the API's device ``name``."""
+    tail = name.replace(":", "-")
+    return "drive-" + tail, "node-" + tail
 
 
 def disk_driver(disk: DiskSpec) -> str:
@@ -128,7 +157,18 @@ def disk_driver(disk: DiskSpec) -> str:
 
 
 def nic_id(index: int) -> str:
+    """QEMU device id of the API's ``nic:N``."""
     return f"nic{index}"
+
+
+def netdev_id(index: int) -> str:
+    """QEMU netdev id (the host side) of the API's ``nic:N``."""
+    return f"net{index}"
+
+
+def hotplug_ports() -> tuple[str, ...]:
+    """Device ids of the hot-plug root ports; each one's bus has the same name."""
+    return tuple(f"hp{i}" for i in range(HOTPLUG_PORTS))
 
 
 def nic_driver(model: NicModel) -> str:
@@ -175,6 +215,8 @@ def qemu_argv(spec: GuestSpec, rundir: Path, accel: Accel) -> list[str]:
         "-chardev", f"file,id=serial0,path={_kv(str(files.serial))}",
         "-serial", "chardev:serial0",
     ]  # fmt: skip
+    # First, so that no device placed automatically takes their slot.
+    args += _hotplug_ports_argv()
     args += _disks_argv(spec.disks)
     args += _nics_argv(spec)
     if spec.vnc is not None:
@@ -184,8 +226,9 @@ def qemu_argv(spec: GuestSpec, rundir: Path, accel: Accel) -> list[str]:
             vnc += ",password=on"
         args += ["-vnc", vnc, "-device", _json({"driver": "VGA", "id": "video0"})]
     pci = (
-        sum(d.bus == "virtio" for d in spec.disks)
-        + any(d.bus == "scsi" for d in spec.disks)
+        1  # the hot-plug ports' slot
+        + 1  # the SCSI controller
+        + sum(d.bus == "virtio" for d in spec.disks)
         + len(spec.nics)
         + (spec.vnc is not None)
     )
@@ -209,31 +252,61 @@ def _files(rundir: Path) -> RunFiles:
     return files
 
 
-def _disks_argv(disks: tuple[DiskSpec, ...]) -> list[str]:
+def _hotplug_ports_argv() -> list[str]:
     args: list[str] = []
-    if any(d.bus == "scsi" for d in disks):
-        args += ["-device", _json({"driver": "virtio-scsi-pci", "id": "scsi0"})]
-    for disk in disks:
-        node = "node-" + disk.name.replace(":", "-")
-        blockdev: dict[str, object] = {
-            "node-name": node,
-            "driver": disk.format,
-            "read-only": disk.readonly,
-            "discard": "unmap",
-            "file": {"driver": "file", "filename": str(disk.image), "discard": "unmap"},
-        }
+    for function, port in enumerate(hotplug_ports()):
         device: dict[str, object] = {
-            "driver": disk_driver(disk),
-            "id": disk_id(disk),
-            "drive": node,
-            **_disk_address(disk),
+            "driver": "pcie-root-port",
+            "id": port,
+            "bus": "pcie.0",
+            "addr": f"{_HOTPLUG_SLOT:#x}.{function:#x}",
+            # Each port is a slot of a chassis of its own (QEMU wants the pair unique).
+            "chassis": function + 1,
         }
-        if disk.shared:
-            device["share-rw"] = True
-        if disk.bootindex is not None:
-            device["bootindex"] = disk.bootindex
-        args += ["-blockdev", _json(blockdev), "-device", _json(device)]
+        if function == 0:
+            device["multifunction"] = True
+        args += ["-device", _json(device)]
     return args
+
+
+def _disks_argv(disks: tuple[DiskSpec, ...]) -> list[str]:
+    args = ["-device", _json({"driver": "virtio-scsi-pci", "id": SCSI_CONTROLLER})]
+    for disk in disks:
+        args += ["-blockdev", _json(disk_blockdev(disk)), "-device", _json(disk_device(disk))]
+    return args
+
+
+def disk_blockdev(disk: DiskSpec) -> dict[str, object]:
+    """The ``-blockdev`` (or ``blockdev-add``) of a disk's image."""
+    return {
+        "node-name": disk_ids(disk.name)[1],
+        "driver": disk.format,
+        "read-only": disk.readonly,
+        "discard": "unmap",
+        "file": {"driver": "file", "filename": str(disk.image), "discard": "unmap"},
+    }
+
+
+def disk_device(disk: DiskSpec, *, port: str | None = None) -> dict[str, object]:
+    """The ``-device`` (or ``device_add``) of a disk; ``port`` puts a virtio
+    disk on a hot-plug port rather than the root bus.
+
+    Raises :class:`UsageError` for an address q35 does not have.
+    """
+    device_id, node = disk_ids(disk.name)
+    device: dict[str, object] = {
+        "driver": disk_driver(disk),
+        "id": device_id,
+        "drive": node,
+        **_disk_address(disk),
+    }
+    if port is not None and disk.bus == "virtio":
+        device["bus"] = port
+    if disk.shared:
+        device["share-rw"] = True
+    if disk.bootindex is not None:
+        device["bootindex"] = disk.bootindex
+    return device
 
 
 def _disk_address(disk: DiskSpec) -> dict[str, object]:
@@ -249,21 +322,42 @@ def _disk_address(disk: DiskSpec) -> dict[str, object]:
             raise UsageError(f"{disk.name}: there is one SCSI bus, scsi:0")
         if disk.unit >= SCSI_TARGETS:
             raise UsageError(f"{disk.name}: SCSI units are 0 to {SCSI_TARGETS - 1}")
-        return {"bus": "scsi0.0", "channel": 0, "scsi-id": disk.unit, "lun": 0}
+        return {"bus": f"{SCSI_CONTROLLER}.0", "channel": 0, "scsi-id": disk.unit, "lun": 0}
     return {}
 
 
 def _nics_argv(spec: GuestSpec) -> list[str]:
     args: list[str] = []
-    for index, nic in enumerate(spec.nics):
-        device: dict[str, object] = {"driver": nic_driver(nic.model), "id": nic_id(index)}
+    for nic in spec.nics:
         if nic.tap is not None:
-            netdev = f"net{index}"
+            netdev = netdev_id(nic.slot)
             args += ["-netdev", f"tap,id={netdev},ifname={nic.tap},script=no,downscript=no"]
-            device["netdev"] = netdev
-        device["mac"] = nic.mac
-        args += ["-device", _json(device)]
+        args += ["-device", _json(nic_device(nic))]
     return args
+
+
+def nic_netdev(nic: NicSpec) -> dict[str, object]:
+    """The ``netdev_add`` arguments of a NIC's tap (it must have one)."""
+    if nic.tap is None:
+        raise UsageError(f"nic:{nic.slot} has no tap")
+    return {
+        "type": "tap",
+        "id": netdev_id(nic.slot),
+        "ifname": nic.tap,
+        "script": "no",
+        "downscript": "no",
+    }
+
+
+def nic_device(nic: NicSpec, *, port: str | None = None) -> dict[str, object]:
+    """The ``-device`` (or ``device_add``) of a NIC, on a hot-plug ``port`` if given."""
+    device: dict[str, object] = {"driver": nic_driver(nic.model), "id": nic_id(nic.slot)}
+    if port is not None:
+        device["bus"] = port
+    if nic.tap is not None:
+        device["netdev"] = netdev_id(nic.slot)
+    device["mac"] = nic.mac
+    return device
 
 
 def taps_from_argv(argv: list[str]) -> dict[str, str]:

@@ -18,6 +18,7 @@ anything about running processes (``overcast.hypervisor.qemu``).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import uuid as _uuid
@@ -55,6 +56,8 @@ _MEDIA = ("disk", "cdrom")
 _MODELS = ("e1000", "rtl8139", "virtio")
 _FORMATS = ("raw", "qcow2")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+#: The tap of NIC N ends in the digit N.
+_MAX_NIC_INDEX = 9
 #: The VNC protocol's DES challenge uses at most 8 characters of a password.
 VNC_PASSWORD_MAX = 8
 
@@ -110,11 +113,18 @@ class DiskSpec:
 
 @dataclass(frozen=True)
 class NicSpec:
-    """One network card. ``tap`` None gives a card with no host side (link down)."""
+    """One network card. ``tap`` None gives a card with no host side (link down).
+
+    ``index`` is the API's N of ``nic:N``: it names the card's QEMU device
+    and its tap, so that one NIC can be hot-plugged or removed without
+    renaming the others. In a :class:`GuestSpec` a NIC without one gets its
+    position in the list.
+    """
 
     model: NicModel
     mac: str
     tap: str | None = None
+    index: int | None = None
 
     def __post_init__(self) -> None:
         if self.model not in _MODELS:
@@ -129,6 +139,15 @@ class NicSpec:
         object.__setattr__(self, "mac", mac)
         if self.tap is not None:
             check_ifname(self.tap)
+        if self.index is not None and not 0 <= self.index <= _MAX_NIC_INDEX:
+            raise UsageError(f"NIC index {self.index} is out of range (0 to {_MAX_NIC_INDEX})")
+
+    @property
+    def slot(self) -> int:
+        """``index``, which every NIC of a :class:`GuestSpec` has."""
+        if self.index is None:
+            raise UsageError(f"NIC {self.mac} has no index")
+        return self.index
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,12 @@ class GuestSpec:
         _unique("disk", [d.name for d in self.disks])
         _unique("image", [str(d.image) for d in self.disks])
         _unique("boot index", [d.bootindex for d in self.disks if d.bootindex is not None])
+        nics = tuple(
+            nic if nic.index is not None else dataclasses.replace(nic, index=position)
+            for position, nic in enumerate(self.nics)
+        )
+        object.__setattr__(self, "nics", nics)
+        _unique("NIC index", [n.slot for n in nics])
         _unique("MAC address", [n.mac for n in self.nics])
         _unique("tap", [n.tap for n in self.nics if n.tap is not None])
 

@@ -40,6 +40,7 @@ __all__ = [
     "ServerSpec",
     "ServerStatus",
     "new_mac",
+    "parse_device_name",
     "parse_server_spec",
     "server_info",
 ]
@@ -149,6 +150,18 @@ def _device(key: str) -> tuple[Bus, int, int] | None:
     if m.group(4):
         return Bus.SCSI, 0, int(m.group(6))
     return Bus.VIRTIO, int(m.group(8)), 0
+
+
+def parse_device_name(name: str) -> tuple[Bus, int, int]:
+    """(bus, index, unit) of a device name: ``ide:B:U``, ``scsi:0:U`` or
+    ``block:N`` (``N`` is the index); :class:`UsageError` for anything else."""
+    slot = _device(name.strip())
+    if slot is None:
+        raise UsageError(
+            f"{name[:40]!r} is not a device: use ide:B:U (B, U 0-1), scsi:0:U (U 0-7) "
+            "or block:N (N 0-7)"
+        )
+    return slot
 
 
 def _mac(key: str, value: str) -> str:
@@ -294,10 +307,10 @@ def _nic(index: int, keys: dict[str, str]) -> NicSpec:
 class ServerStatus(enum.Enum):
     """Where a server is in its life, as the store records it.
 
-    Only ``active`` and ``stopped`` are the user's business: ``starting`` is
-    a create between its transaction and the guest running (the reconciler
-    finishes or undoes it after a crash) and ``paused`` is the guest's vCPUs
-    held by the infrastructure.
+    ``starting`` is a create between its transaction and the guest running
+    (the reconciler finishes or undoes it after a crash), never shown to
+    users. ``paused`` is a guest the owner suspended: QEMU holds its vCPUs,
+    it keeps its devices, claims and host, and is billed as running.
     """
 
     STARTING = "starting"
@@ -306,13 +319,14 @@ class ServerStatus(enum.Enum):
     PAUSED = "paused"
 
 
-#: What info shows for each status: a paused guest is still the owner's
-#: running server (moving it is invisible, DESIGN.md promise 3).
+#: What info shows for each status (a pause the infrastructure needs, to
+#: move a guest, must not use ``paused``: moving is invisible, DESIGN.md
+#: promise 3).
 _SHOWN_STATUS = {
     ServerStatus.STARTING: "starting",
     ServerStatus.ACTIVE: "active",
     ServerStatus.STOPPED: "stopped",
-    ServerStatus.PAUSED: "active",
+    ServerStatus.PAUSED: "paused",
 }
 
 

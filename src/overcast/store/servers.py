@@ -31,6 +31,7 @@ from overcast.store.tables import claims, nics, servers
 __all__ = [
     "Claim",
     "DriveClaim",
+    "add_nic",
     "delete_server",
     "drive_claims",
     "get_server",
@@ -39,8 +40,11 @@ __all__ = [
     "ip_in_use",
     "list_servers",
     "mac_in_use",
+    "release_claim",
     "release_claims",
+    "remove_nic",
     "servers_on_host",
+    "set_run_state",
     "set_status",
     "set_vnc",
     "take_claims",
@@ -115,23 +119,33 @@ async def insert_server(tx: Tx, server: Server, claimed: Iterable[Claim] = ()) -
         )
     )
     if server.nics:
-        await tx.execute(
-            nics.insert().values(
-                [
-                    {
-                        "server": server.uuid,
-                        "slot": nic.index,
-                        "model": nic.model.value,
-                        "mac": nic.mac,
-                        "vlan": nic.vlan,
-                        "network": nic.vlan or _PUBLIC,
-                        "ip": nic.ip,
-                    }
-                    for nic in server.nics
-                ]
-            )
-        )
+        await tx.execute(nics.insert().values([_nic_row(server.uuid, n) for n in server.nics]))
     await take_claims(tx, server.uuid, claimed)
+
+
+def _nic_row(server: str, nic: Nic) -> dict[str, Any]:
+    return {
+        "server": server,
+        "slot": nic.index,
+        "model": nic.model.value,
+        "mac": nic.mac,
+        "vlan": nic.vlan,
+        "network": nic.vlan or _PUBLIC,
+        "ip": nic.ip,
+    }
+
+
+async def add_nic(tx: Tx, server: str, nic: Nic) -> None:
+    """Give an existing server one more NIC (hot-plug, or a stopped server's
+    new card); the caller puts its ``nic:N:*`` keys in the configuration in
+    the same transaction. A MAC or address taken meanwhile is an
+    :class:`sqlalchemy.exc.IntegrityError`."""
+    await tx.execute(nics.insert().values(_nic_row(server, nic)))
+
+
+async def remove_nic(tx: Tx, server: str, index: int) -> None:
+    """Drop NIC ``index`` of a server (its MAC and address are free again)."""
+    await tx.execute(nics.delete().where(nics.c.server == server, nics.c.slot == index))
 
 
 async def take_claims(tx: Tx, server: str, claimed: Iterable[Claim]) -> None:
@@ -152,6 +166,11 @@ async def take_claims(tx: Tx, server: str, claimed: Iterable[Claim]) -> None:
 async def release_claims(tx: Tx, server: str) -> None:
     """Let go of a server's drives: it stopped and keeps only its definition."""
     await tx.execute(claims.delete().where(claims.c.server == server))
+
+
+async def release_claim(tx: Tx, server: str, device: str) -> None:
+    """Let go of the drive on one device of a server (it was detached)."""
+    await tx.execute(claims.delete().where(claims.c.server == server, claims.c.device == device))
 
 
 def _nic(row: Any) -> Nic:
@@ -215,6 +234,15 @@ async def set_status(tx: Tx, uuid: str, status: ServerStatus, started: float | N
         .where(servers.c.uuid == uuid)
         .values(status=status.value, started=started, billed=None)
     )
+
+
+async def set_run_state(tx: Tx, uuid: str, status: ServerStatus) -> None:
+    """Switch a guest that runs between ``active`` and ``paused``: the same
+    run goes on, so ``started`` and the ledger's mark stay (a paused guest
+    is billed as a running one)."""
+    if status not in (ServerStatus.ACTIVE, ServerStatus.PAUSED):
+        raise ValueError(f"{status} is not a state of a running guest")
+    await tx.execute(servers.update().where(servers.c.uuid == uuid).values(status=status.value))
 
 
 async def set_vnc(tx: Tx, uuid: str, ip: str | None, port: int | None) -> None:
