@@ -24,7 +24,7 @@ import threading
 
 from overcast.host.pool import Pool
 from overcast.hypervisor import image
-from overcast.model.errors import OvercastError
+from overcast.model.errors import FailedError, OvercastError
 from overcast.store import Store
 from overcast.store import drives as rows
 
@@ -42,9 +42,12 @@ class Imager:
         self.pool = pool
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Why the last job on a drive failed, for :meth:`wait` to raise.
+        self._failed: dict[str, str] = {}
 
     def start(self, dest: str, source: str, gunzip: bool) -> None:
         if dest not in self._tasks:
+            self._failed.pop(dest, None)
             task = asyncio.create_task(self._run(dest, source, gunzip), name=f"image-{dest}")
             self._tasks[dest] = task
             task.add_done_callback(lambda _t: self._tasks.pop(dest, None))
@@ -61,10 +64,13 @@ class Imager:
             self.start(dest, source, gunzip)
 
     async def wait(self, dest: str) -> None:
-        """Wait for the job on ``dest`` (tests and the CLI use this)."""
+        """Wait for the job on ``dest``; :class:`FailedError` if the copy
+        failed (the drive is then as it was before)."""
         task = self._tasks.get(dest)
         if task is not None:
             await asyncio.shield(task)
+        if (why := self._failed.pop(dest, None)) is not None:
+            raise FailedError(f"imaging drive {dest} failed: {why}")
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())
@@ -79,8 +85,10 @@ class Imager:
                 await self._copy(dest, source, gunzip)
         except OvercastError as err:
             log.error("imaging %s from %s failed: %s", dest, source, err.message)
-        except Exception:
+            self._failed[dest] = err.message
+        except Exception as err:
             log.exception("imaging %s from %s failed", dest, source)
+            self._failed[dest] = f"{type(err).__name__}: {err}"
         else:
             log.info("imaged %s from %s", dest, source)
         try:
