@@ -108,3 +108,13 @@ def test_events_bench_runs_small(monkeypatch: pytest.MonkeyPatch) -> None:
     assert f.event_bytes > 100 and f.concurrency == bench_events.CONCURRENCY > 0
     assert f.deliver_s > 0 and f.deliver_rate > 0
     assert len(f.raw_s) == 2 and all(s > 0 for s in f.raw_s) and f.raw_rate > 0
+
+
+def test_occi_bench_runs_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench_occi = _bench(monkeypatch, "bench_occi")
+    figures = bench_occi.main(small=True)
+    assert list(figures.ms) == [bench_occi.EH, bench_occi.OCCI]
+    for name, values in figures.ms.items():
+        assert len(values) == 3 and all(v > 0 for v in values), name
+        assert 0 < figures.p50(name) <= figures.p95(name), name
+    assert figures.ratio > 0

@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 
 from overcast.api import billing, drives, events, hosts, resources, servers, users
 from overcast.api.errors import UnexpectedErrors, handle_error, handle_http
+from overcast.api.occi import routes as occi
 from overcast.api.requestid import RequestIdMiddleware
 from overcast.cluster.cloud import Cloud
 from overcast.config import Settings
@@ -40,6 +41,7 @@ def build_app(settings: Settings) -> Starlette:
             *events.routes,
             *billing.routes,
             *hosts.routes,
+            *occi.routes,
         ],
         middleware=[Middleware(RequestIdMiddleware), Middleware(UnexpectedErrors)],
         exception_handlers={

@@ -256,4 +256,7 @@ def serve(
         log_config=None,
         access_log=False,
         loop="asyncio",
+        # GFD.223: OCCI servers name the version they speak in ``Server``.
+        server_header=False,
+        headers=[("server", "overcast OCCI/1.2")],
     )
