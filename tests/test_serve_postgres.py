@@ -88,3 +88,35 @@ def test_the_cli_writes_to_the_running_clouds_database(
     assert row(db, "select name from users where uuid = :u", u=made["uuid"]) == ("from-cli",)
     with pg_cloud.client(made["uuid"], made["secret"]) as client:
         assert client.get("/drives/list").status_code == 200
+
+
+def test_suspend_and_hot_plug_on_postgres(pg_cloud: Cloud, db: sa.Engine) -> None:
+    """Suspend/resume and a hot-plugged SCSI disk (through OCCI) with the
+    store on PostgreSQL: the rows say what the API says."""
+    occi = {"content-type": "application/occi+json", "accept": "application/occi+json"}
+    with new_user(pg_cloud) as user:
+        drive = keys(user.post("/drives/create", content="name pgdisk\nsize 1M\n"))["drive"]
+        server = keys(user.post("/servers/create", content="name pgs\ncpu 500\nmem 64\n"))["server"]
+        try:
+            assert keys(user.post(f"/servers/{server}/suspend"))["status"] == "paused"
+            assert row(db, "select status from servers where uuid = :s", s=server)[0] == "paused"
+            assert keys(user.post(f"/servers/{server}/resume"))["status"] == "active"
+            link = {
+                "kind": "http://schemas.ogf.org/occi/infrastructure#storagelink",
+                "attributes": {
+                    "occi.core.source": f"/compute/{server}",
+                    "occi.core.target": f"/storage/{drive}",
+                    "occi.storagelink.deviceid": "scsi:0:0",
+                },
+            }
+            r = user.post("/storagelink/", json=link, headers=occi)
+            assert r.status_code == 201, r.text
+            claim = row(db, "select server, device from claims where drive = :d", d=drive)
+            assert tuple(claim) == (server, "scsi:0:0")
+            assert keys(user.get(f"/servers/{server}/info"))["scsi:0:0"] == drive
+            r = user.delete(f"/storagelink/{server}_scsi:0:0", headers=occi)
+            assert r.status_code == 200, r.text
+            assert row(db, "select server from claims where drive = :d", d=drive) is None
+        finally:
+            user.post(f"/servers/{server}/destroy")
+            user.post(f"/drives/{drive}/destroy")
