@@ -118,3 +118,10 @@ def test_occi_bench_runs_small(monkeypatch: pytest.MonkeyPatch) -> None:
         assert len(values) == 3 and all(v > 0 for v in values), name
         assert 0 < figures.p50(name) <= figures.p95(name), name
     assert figures.ratio > 0
+
+
+def test_placement_bench_runs_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench_placement = _bench(monkeypatch, "bench_placement")
+    f = bench_placement.main(small=True)
+    assert f.placed + f.refused == f.guests == 300 and f.placed > 0
+    assert f.place_s > 0 and f.floor_s > 0 and f.rate > 0
