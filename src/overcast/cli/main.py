@@ -27,7 +27,7 @@ from overcast.cluster.cloud import Cloud
 from overcast.config import Settings, load_settings
 from overcast.events.ledger import UsageTotal, totals
 from overcast.logs import setup_logging
-from overcast.model.codec import encode_text
+from overcast.model.codec import Record, encode_text
 from overcast.model.drive import Drive, Media, drive_info
 from overcast.model.errors import OvercastError
 from overcast.model.keys import parse_time, parse_uuid
@@ -43,11 +43,13 @@ user_cmd = typer.Typer(no_args_is_help=True, help="Users.")
 drive_cmd = typer.Typer(no_args_is_help=True, help="Library drives.")
 ip_cmd = typer.Typer(no_args_is_help=True, help="IP address pools.")
 billing_cmd = typer.Typer(no_args_is_help=True, help="The usage ledger.")
+host_cmd = typer.Typer(no_args_is_help=True, help="The host registry.")
 app.add_typer(admin, name="admin")
 admin.add_typer(user_cmd, name="user")
 admin.add_typer(drive_cmd, name="drive")
 admin.add_typer(ip_cmd, name="ip")
 admin.add_typer(billing_cmd, name="billing")
+admin.add_typer(host_cmd, name="host")
 
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Data directory [./var].")]
 StoreOpt = Annotated[
@@ -158,6 +160,25 @@ def ip_add_pool(
 
     _run(ctx.obj, work)
     typer.echo(f"pool {cidr}")
+
+
+@host_cmd.command("add")
+def host_add(
+    ctx: typer.Context,
+    url: str,
+    cpu: Annotated[int, typer.Option("--cpu", help="MHz it offers guests.")],
+    mem: Annotated[int, typer.Option("--mem", help="MiB it offers guests.")],
+    name: Annotated[str | None, typer.Option("--name", help="A name [the URL].")] = None,
+) -> None:
+    """Register a host agent; prints its info (the API's text format)."""
+    keys = {"url": url, "cpu": str(cpu), "mem": str(mem)}
+    if name is not None:
+        keys["name"] = name
+
+    async def work(cloud: Cloud) -> Record:
+        return await cloud.hosts.info(await cloud.hosts.create(keys))
+
+    typer.echo(encode_text(_run(ctx.obj, work)), nl=False)
 
 
 @billing_cmd.command("report")

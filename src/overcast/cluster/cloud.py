@@ -10,6 +10,7 @@ import os
 
 from overcast.cluster.drives import DriveService
 from overcast.cluster.exits import report_of_end
+from overcast.cluster.hosts import HostService
 from overcast.cluster.imaging import Imager
 from overcast.cluster.resources import ResourceService
 from overcast.cluster.servers import Capacity, ServerService
@@ -43,6 +44,7 @@ class Cloud:
         self.users = UserService(self.store)
         self.drives = DriveService(self.store, self.pool, self.imager)
         self.resources = ResourceService(self.store)
+        self.hosts = HostService(self.store)
         self.feed = EventFeed(self.store)
         self.ledger = Ledger(self.store, settings.billing_interval)
         self.deliverer = Deliverer(
@@ -87,11 +89,13 @@ class Cloud:
 
         agent = HostAgent(self.settings.data / "run", QemuDriver(verdict.accel), on_exit)
         self.host = LocalHost(agent)
+        capacity = _local_capacity()
+        await self.hosts.register_local(capacity.cpu, capacity.mem)
         self.servers = ServerService(
             self.store,
             self.pool,
             self.host,
-            _local_capacity(),
+            capacity,
             check_callback=self._check_callback,
             on_event=self._event_committed,
         )

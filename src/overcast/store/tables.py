@@ -17,6 +17,7 @@ __all__ = [
     "deliveries",
     "drives",
     "events",
+    "hosts",
     "ip_pools",
     "ips",
     "metadata",
@@ -260,4 +261,18 @@ usage = sa.Table(
     sa.Column("reason", sa.String(16), nullable=False),
     sa.Column("recorded", sa.Float, nullable=False),
     sa.Index("ix_usage_user_end", "user", "end"),
+)
+
+#: The hosts a manager places guests on (``local``: its own machine, with
+#: no URL). A URL names one host agent at most.
+hosts = sa.Table(
+    "hosts",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("url", sa.Text, unique=True),
+    sa.Column("cpu", sa.BigInteger, nullable=False),
+    sa.Column("mem", sa.BigInteger, nullable=False),
+    sa.Column("draining", sa.Boolean, nullable=False, default=False),
+    sa.Column("created", sa.Float, nullable=False),
 )
