@@ -529,9 +529,12 @@ class HostAgent:
             for tap, vlan in zip(taps, networks, strict=True):
                 await net.ensure_bridge(self.bridge(vlan))
                 await net.ensure_tap(tap, bridge=self.bridge(vlan))
-            handle = await self.driver.start(self._bind(spec, record), rundir)
+            handle = await self.driver.start(
+                self._bind(spec, record),
+                rundir,
+                before_run=lambda pid: asyncio.to_thread(self.cpu.apply, server, pid, spec.cpu_mhz),
+            )
             try:
-                self.cpu.apply(server, handle.pid, spec.cpu_mhz)
                 info = await self.driver.info(handle)
             except BaseException:
                 await self.driver.stop(handle)

@@ -48,6 +48,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from qemu.qmp import EventListener, ExecuteError
@@ -132,8 +133,20 @@ class QemuDriver:
         args[0] = self.qemu
         return args
 
-    async def start(self, spec: GuestSpec, rundir: Path) -> GuestHandle:
+    async def start(
+        self,
+        spec: GuestSpec,
+        rundir: Path,
+        *,
+        before_run: Callable[[int], Awaitable[object]] | None = None,
+    ) -> GuestHandle:
         """Start ``spec`` paused, confirm its devices over QMP, run it; return when running.
+
+        ``before_run(pid)`` is what the caller must do to the process before
+        the guest runs (its cpu cgroup): it runs alongside the QMP
+        confirmation, not after it, and ``cont`` waits for it. (Moving a
+        process between cgroup v1 groups waits out an RCU grace period,
+        about 10 ms here: hidden this way.)
 
         Idempotent: if this run directory already has a live QEMU with these
         devices it is adopted (and resumed) instead of started twice; one
@@ -149,20 +162,28 @@ class QemuDriver:
         files.rundir.mkdir(parents=True, exist_ok=True)
         began = time.perf_counter()
         guest: GuestHandle | None = None
+        preparing: asyncio.Task[object] | None = None
         try:
             await spawn(argv, files, self.timeout)
             found = find_qemu(files)
             if found is None:
                 raise FailedError(f"QEMU ended as it started; see {files.log}")
+            if before_run is not None:
+                preparing = asyncio.ensure_future(before_run(found[0]))
             guest = await GuestHandle.connect(files, *found, label=spec.uuid, limit=self.timeout)
             await self._confirm(guest, spec)
             if spec.vnc is not None and spec.vnc.password is not None:
                 await guest.qmp("change-vnc-password", {"password": spec.vnc.password})
+            if preparing is not None:
+                await preparing
             await guest.qmp("cont")
             status = await _status(guest)
             if status != "running":
                 raise FailedError(f"QEMU is {status!r}, not running, after cont")
         except BaseException:
+            if preparing is not None:
+                preparing.cancel()
+                await asyncio.gather(preparing, return_exceptions=True)
             await self._discard(files, guest, created)
             raise
         elapsed = (time.perf_counter() - began) * 1000
