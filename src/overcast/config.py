@@ -9,11 +9,15 @@ environment variables, then command-line options (each overriding the last).
     billing_interval = 3600     # seconds between "exists" usage records
     callback_timeout = 10       # seconds one callback request may take
     callback_retry = 5          # seconds before the first retry (then doubling)
+    etcd = "http://10.0.0.1:2379,http://10.0.0.2:2379"   # many hosts: hold a lease
+    host_id = "rack1-host4"     # this host's name in etcd [the machine's hostname]
+    lease_ttl = 5               # seconds; guests are fenced before it ends
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,11 @@ class Settings:
     billing_interval: float = 3600.0
     callback_timeout: float = 10.0
     callback_retry: float = 5.0
+    #: etcd endpoints: when given, this host holds a lease in etcd and
+    #: fences itself (kills its guests) when it cannot keep it.
+    etcd: tuple[str, ...] = ()
+    host_id: str = ""
+    lease_ttl: int = 5
 
     @property
     def drives_dir(self) -> Path:
@@ -79,6 +88,9 @@ def load_settings(
         billing_interval=_seconds("billing_interval", values.get("billing_interval", "3600")),
         callback_timeout=_seconds("callback_timeout", values.get("callback_timeout", "10")),
         callback_retry=_seconds("callback_retry", values.get("callback_retry", "5")),
+        etcd=tuple(u.strip() for u in values.get("etcd", "").split(",") if u.strip()),
+        host_id=values.get("host_id", "") or socket.gethostname(),
+        lease_ttl=_ttl(values.get("lease_ttl", "5")),
     )
     parse_listen(settings.listen)
     return settings
@@ -92,6 +104,9 @@ _KEYS = frozenset(
         "billing_interval",
         "callback_timeout",
         "callback_retry",
+        "etcd",
+        "host_id",
+        "lease_ttl",
     }
 )
 
@@ -101,6 +116,14 @@ def _bool(key: str, value: str) -> bool:
         return parse_bool(f"setting {key}", value)
     except UsageError as err:
         raise ValueError(err.message) from None
+
+
+def _ttl(value: str) -> int:
+    """Whole seconds (etcd's unit), at least 2: a renewal every third of it."""
+    seconds = _seconds("lease_ttl", value)
+    if seconds != int(seconds) or seconds < 2:
+        raise ValueError("setting lease_ttl: whole seconds, at least 2")
+    return int(seconds)
 
 
 def _seconds(key: str, value: str) -> float:

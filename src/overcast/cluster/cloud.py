@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 from overcast.cluster.drives import DriveService
 from overcast.cluster.exits import report_of_end
@@ -22,17 +25,22 @@ from overcast.events.feed import EventFeed
 from overcast.events.ledger import Ledger
 from overcast.host.agent import GuestEnd, HostAgent
 from overcast.host.client import HostClient, LocalHost
+from overcast.host.lease import HostLease, guest_killer
 from overcast.host.pool import Pool
 from overcast.hypervisor.kvm import choose_accel
 from overcast.hypervisor.qemu import QemuDriver
 from overcast.model.server import MHZ_PER_CORE
 from overcast.model.user import User
 from overcast.store import Store, migrate
+from overcast.store.etcd import Etcd
 from overcast.store.events import Event
 
 __all__ = ["Cloud"]
 
 log = logging.getLogger(__name__)
+
+#: How long opening waits to join etcd before giving up (s).
+LEASE_JOIN_TIMEOUT = 30.0
 
 
 class Cloud:
@@ -58,6 +66,9 @@ class Cloud:
         self.servers: ServerService
 
         self.host: HostClient | None = None
+        #: With ``etcd`` set: this host's lease, the right to run guests.
+        self.lease: HostLease | None = None
+        self._etcd: Etcd | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, background: bool = True) -> Cloud:
@@ -87,7 +98,11 @@ class Cloud:
         async def on_exit(end: GuestEnd) -> None:
             await self.servers.host_exited(report_of_end(end))
 
-        agent = HostAgent(self.settings.data / "run", QemuDriver(verdict.accel), on_exit)
+        if self.settings.etcd:
+            self.lease = await self._hold_lease()
+        agent = HostAgent(
+            self.settings.data / "run", QemuDriver(verdict.accel), on_exit, gate=self.lease
+        )
         self.host = LocalHost(agent)
         capacity = _local_capacity()
         await self.hosts.register_local(capacity.cpu, capacity.mem)
@@ -101,6 +116,25 @@ class Cloud:
         )
         await agent.adopt_all()
         await self.servers.reconcile()
+
+    async def _hold_lease(self) -> HostLease:
+        """Join etcd (or take back the lease a previous run left valid) and
+        make sure the watchdog runs, before any guest is adopted or started:
+        a host that cannot hold a lease runs no guests."""
+        settings = self.settings
+        self._etcd = Etcd(settings.etcd)
+        lease = HostLease(
+            self._etcd,
+            settings.host_id,
+            settings.data,
+            guest_killer(settings.data / "run"),
+            advertise=f"http://{settings.listen}",
+            ttl=settings.lease_ttl,
+        )
+        await asyncio.wait_for(lease.start(), LEASE_JOIN_TIMEOUT)
+        _start_watchdog(settings.data)
+        log.info("host %s holds etcd lease %x", settings.host_id, lease.lease or 0)
+        return lease
 
     async def _check_callback(self, user: User, url: str) -> None:
         """Users' callbacks go to public addresses unless the operator
@@ -124,11 +158,31 @@ class Cloud:
             await self.deliverer.stop()
             if self.host is not None:
                 await self.host.close()
+            # Kept, not revoked: a restart within the TTL takes it back and the
+            # guests run on; otherwise the watchdog fences them.
+            if self.lease is not None:
+                await self.lease.close()
+            if self._etcd is not None:
+                await self._etcd.close()
         finally:
             try:
                 await self.imager.close()
             finally:
                 await self.store.close()
+
+
+def _start_watchdog(data: Path) -> None:
+    """Start the fencing watchdog for ``data``, detached: it must outlive
+    this process (fencing a host whose agent died is its whole point). A
+    second one finds the first's lock and exits."""
+    with open(data / "watchdog.log", "ab") as log_file:
+        subprocess.Popen(
+            [sys.executable, "-m", "overcast.host.watchdog", "--data", str(data)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
 
 
 def _local_capacity() -> Capacity:

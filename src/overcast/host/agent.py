@@ -65,6 +65,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from overcast.host.cpulimit import CpuLimits
 from overcast.hypervisor import net
@@ -82,10 +83,12 @@ from overcast.model.errors import (
 )
 
 __all__ = [
+    "FENCED",
     "INTERRUPTED",
     "UNOBSERVED",
     "ExitSink",
     "GuestEnd",
+    "GuestGate",
     "HostAgent",
     "RunningGuest",
     "VncAddress",
@@ -97,6 +100,9 @@ log = logging.getLogger(__name__)
 
 #: The reason of an end that happened while no agent ran.
 UNOBSERVED = "unobserved"
+#: The reason of an end this host caused by fencing itself (its lease was
+#: lost): not the guest's doing, and the manager revives it elsewhere.
+FENCED = "fenced"
 #: The reason of a guest killed on adoption because its start never finished
 #: (QEMU still paused before its first ``cont``).
 INTERRUPTED = "start-interrupted"
@@ -132,6 +138,18 @@ class GuestEnd:
 
 
 ExitSink = Callable[[GuestEnd], Awaitable[None]]
+
+
+class GuestGate(Protocol):
+    """The right to run guests (:class:`overcast.host.lease.HostLease`): a
+    guest starts only once its key is claimed, and gives it back when it
+    ends; ``valid()`` False means the host is fencing itself."""
+
+    async def claim_guest(self, server: str) -> bool: ...
+
+    async def release_guest(self, server: str) -> bool: ...
+
+    def valid(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -224,6 +242,7 @@ class HostAgent:
         networking: bool = True,
         ifprefix: str = "oc",
         heartbeat: float = HEARTBEAT_PERIOD,
+        gate: GuestGate | None = None,
     ) -> None:
         if not _PREFIX.fullmatch(ifprefix):
             raise UsageError(f"interface prefix {ifprefix!r} is not 1 to 5 letters and digits")
@@ -235,6 +254,7 @@ class HostAgent:
         self.networking = networking
         self.ifprefix = ifprefix
         self.heartbeat = heartbeat
+        self.gate = gate
         self._guests: dict[str, _Guest] = {}
         #: Servers whose end is being seen or reported; a task per guest from
         #: its start (or adoption) until its end has been reported.
@@ -513,6 +533,8 @@ class HostAgent:
         if _qemu_lives(rundir):
             return await self._take_over(spec, rundir)
         taps = tuple(self.tap(server, n.slot) for n in spec.nics) if self.networking else ()
+        if self.gate is not None and not await self.gate.claim_guest(server):
+            raise BusyError(f"guest {server} may not run here: another host holds it, or we fence")
         if rundir.exists():  # what a run that died left: its guest has ended
             if (rundir / _ENDED).exists():
                 log.warning("guest %s: an unreported end is superseded by a new start", server)
@@ -607,7 +629,9 @@ class HostAgent:
     async def _watch(self, server: str, handle: GuestHandle, record: _Record) -> None:
         try:
             exit_: GuestExit = await self.driver.wait_exit(handle)
-            end = GuestEnd(server, exit_.reason, exit_.guest_initiated, time.time())
+            fenced = self.gate is not None and not self.gate.valid()
+            reason = FENCED if fenced else exit_.reason
+            end = GuestEnd(server, reason, exit_.guest_initiated and not fenced, time.time())
             guest = self._guests.pop(server, None)
             self._plugging.pop(server, None)
             if guest is not None:  # with the taps of NICs hot-plugged since
@@ -629,9 +653,14 @@ class HostAgent:
             self._watchers.pop(server, None)
 
     async def _report(self, end: GuestEnd, record: _Record, rundir: Path) -> None:
-        """Free the guest's taps, tell the sink, then forget the guest."""
+        """Free the guest's taps and its key, tell the sink, then forget the guest."""
         await _remove_taps(record.taps)
         self.cpu.release(end.server)
+        if self.gate is not None:
+            try:
+                await self.gate.release_guest(end.server)
+            except Exception as err:  # the key goes with the lease anyway
+                log.warning("guest %s: cannot give its key back: %s", end.server, err)
         try:
             await self.on_exit(end)
         except Exception:

@@ -211,6 +211,9 @@ def watch(data: Path, period: float = PERIOD) -> None:
     armed = False  # a good record has been seen: its disappearance is a fence
     fencing = False
     while True:
+        if not data.is_dir():  # the host was taken apart: nothing left to guard
+            log.warning("%s is gone; the watchdog stops", data)
+            return
         now = Clocks.now()  # before the file: see the module's docstring
         validity = read_validity(path)
         why = ""
