@@ -156,3 +156,27 @@ def test_a_host_cloud_reports_through_its_outbox(cloud: Cloud, admin: httpx.Clie
         finally:
             stop_cloud(host)
     assert f"exit of server {server}: no such server" in cloud.log.read_text()
+
+
+def test_admins_create_a_server_with_a_given_id(
+    cloud: Cloud, admin: httpx.Client, user: httpx.Client
+) -> None:
+    """How a manager will create, on a host, the server it has numbered:
+    ``/servers/S/create`` for admins; the id is taken once; to users the
+    call does not exist."""
+    given = "6f766572-6361-4573-a774-000000000001"
+    body = "name numbered\ncpu 500\nmem 64\n"
+    assert user.post(f"/servers/{given}/create", content=body).status_code == 404
+    assert admin.get(f"/servers/{given}/create").status_code == 405
+    r = admin.post(f"/servers/{given.upper()}/create", content=body)
+    try:
+        assert r.status_code == 200, r.text
+        assert records(r.text)[0]["server"] == given
+        assert records(r.text)[0]["status"] == "active"
+        again = admin.post(f"/servers/{given}/create", content=body)
+        assert again.status_code == 409 and "exists already" in again.text
+        bad = admin.post("/servers/not-a-uuid/create", content=body)
+        assert bad.status_code == 400 and bad.headers["x-elastic-error"] == "usage"
+    finally:
+        admin.post(f"/servers/{given}/destroy")
+    assert admin.get(f"/servers/{given}/info").status_code == 404

@@ -13,10 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from overcast.api.auth import caller
+from overcast.api.auth import admin, caller
 from overcast.api.context import CHANGE, READ, cloud_of
 from overcast.api.negotiate import no_content, read_keys, reply, reply_list
 from overcast.cluster.servers import ServerService
+from overcast.model.errors import MethodError
 from overcast.model.user import User
 
 __all__ = ["routes"]
@@ -53,6 +54,18 @@ async def create(request: Request) -> Response:
     service = _servers(request)
     stopped = request.url.path.rstrip("/").endswith("/stopped")
     return reply(request, await service.info(await service.create(user, keys, stopped=stopped)))
+
+
+async def create_numbered(request: Request) -> Response:
+    """``/servers/S/create`` (admins): create with the given id, as a
+    manager asks its hosts to; to anyone else there is no such call."""
+    user = await admin(request)
+    if request.method != "POST":
+        raise MethodError(f"{request.url.path} needs POST")
+    keys = await read_keys(request)
+    service = _servers(request)
+    server = await service.create(user, keys, uuid=request.path_params["server"])
+    return reply(request, await service.info(server))
 
 
 async def set_(request: Request) -> Response:
@@ -114,6 +127,7 @@ routes = [
     Route("/servers/info", info_all, methods=READ),
     Route("/servers/create", create, methods=CHANGE),
     Route("/servers/create/stopped", create, methods=CHANGE),
+    Route("/servers/{server}/create", create_numbered, methods=READ),
     Route("/servers/{server}/info", info, methods=READ),
     Route("/servers/{server}/set", set_, methods=CHANGE),
     Route("/servers/{server}/start", start, methods=CHANGE),

@@ -195,7 +195,11 @@ class ServerService:
 
     # -- create ------------------------------------------------------------
 
-    async def create(self, user: User, keys: Keys, *, stopped: bool = False) -> Server:
+    async def create(
+        self, user: User, keys: Keys, *, stopped: bool = False, uuid: str | None = None
+    ) -> Server:
+        """``uuid``: the id to give the server (a manager creating, on a host,
+        the server it already numbered); :class:`BusyError` if taken."""
         spec = parse_server_spec(keys)
         if spec.callback_exit is not None:
             await self.check_callback(user, spec.callback_exit)
@@ -203,10 +207,12 @@ class ServerService:
             raise UsageError("host: only administrators may pin a server to a host")
         if spec.host is not None and spec.host != LOCAL_HOST:
             raise MissingError(f"no host {spec.host}")
-        uuid = str(_uuid.uuid4())
+        uuid = str(_uuid.uuid4()) if uuid is None else parse_uuid("server", uuid)
         config = _config(keys)
         status = ServerStatus.STOPPED if stopped else ServerStatus.STARTING
         async with self.store.write() as tx:
+            if await rows.get_server(tx, uuid, lock=True) is not None:
+                raise BusyError(f"server {uuid} exists already")
             claims = await self._claims(tx, user, spec)
             nics = await self._nics(tx, user, spec)
             if not stopped:
