@@ -21,8 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from qemus import alive
 from receiver import Receiver
-from test_server_restart import Site, _alive, _keys, _site, _wait
+from test_server_restart import Site, _keys, _site, _wait
+from test_servers import records
 
 #: Fast retries and short timeouts, and a tick every half second.
 FAST = {
@@ -48,16 +50,14 @@ def _server(c: httpx.Client, hook: str, *extra: str) -> dict[str, str]:
 def _events(c: httpx.Client) -> list[dict[str, str]]:
     r = c.get("/events/list")
     assert r.status_code == 200, r.text
-    return [_keys(block) for block in r.text.split("\n\n") if block.strip()]
+    return records(r.text)
 
 
 def _usage(site: Site, server: str) -> list[dict[str, str]]:
     with site.up.admin_client() as a:
         r = a.get("/billing/list", params={"user": site.user[0], "from": 0})
     assert r.status_code == 200, r.text
-    return [
-        u for u in (_keys(b) for b in r.text.split("\n\n") if b.strip()) if u["object"] == server
-    ]
+    return [u for u in records(r.text) if u["object"] == server]
 
 
 def test_kill_9_with_pending_events_loses_none(site: Site, receiver: Receiver) -> None:
@@ -119,7 +119,7 @@ def test_exit_while_down_is_reported_at_restart_with_its_time(
     killed_at = time.time()
     time.sleep(0.3)
     os.kill(pid, signal.SIGTERM if how == "term" else signal.SIGKILL)
-    _wait(lambda: not _alive(pid), 10, "QEMU to exit")
+    _wait(lambda: not alive(pid), 10, "QEMU to exit")
     ended_at = time.time()
     time.sleep(1.5)  # the restart is clearly later than the end
 

@@ -25,10 +25,8 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -51,7 +49,7 @@ from overcast.hypervisor.qemu import QemuDriver
 from overcast.hypervisor.spec import Accel, GuestSpec
 from overcast.model.errors import OvercastError
 from overcast.store.etcd import Etcd, LeaseLost
-from qemus import qemus_in
+from qemus import alive, process_end, qemus_in, scratch_dir
 
 TTL = 3
 MARGIN = 0.75
@@ -63,15 +61,9 @@ PYTHON = sys.executable
 
 @pytest.fixture
 def work() -> Iterator[Path]:
-    """A short data directory (QMP socket paths hold 107 bytes); kills any QEMU left in it."""
-    path = Path(tempfile.mkdtemp(prefix="ocf-", dir="/tmp"))
-    try:
+    """A short data directory; kills any QEMU left in it."""
+    with scratch_dir("ocf-") as path:
         yield path
-    finally:
-        for pid in qemus_in(path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Ends:
@@ -133,30 +125,6 @@ class Kills:
 
 def _host() -> str:
     return f"host-{secrets.token_hex(4)}"
-
-
-def _process_end(pid: int) -> asyncio.Future[float]:
-    """The wall-clock time at which process ``pid`` ends, seen through a pidfd."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[float] = loop.create_future()
-    fd = os.pidfd_open(pid)
-
-    def ended() -> None:
-        loop.remove_reader(fd)
-        os.close(fd)
-        if not done.done():
-            done.set_result(time.time())
-
-    loop.add_reader(fd, ended)
-    return done
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 async def _eventually(check: Callable[[], Awaitable[bool] | bool], seconds: float) -> float:
@@ -329,7 +297,7 @@ async def test_etcd_killed_guests_die_before_the_ttl(work: Path, guests: Guests)
                 assert await lease.claim_guest(server)
                 pids.append((await guests.start(server))[1])
             assert lease.guests == lease_servers
-            ends = [_process_end(pid) for pid in pids]
+            ends = [process_end(pid) for pid in pids]
             await _next_renewal(work)
             os.kill(_etcd_pid(url), signal.SIGKILL)
             killed = time.time()
@@ -370,7 +338,7 @@ async def test_a_revoked_lease_fences_at_once_and_rejoins_empty(
         server = str(uuid.uuid4())
         assert await lease.claim_guest(server)
         _, pid = await guests.start(server)
-        end = _process_end(pid)
+        end = process_end(pid)
         old = lease.lease
         assert old is not None
         await etcd.revoke(old)  # e.g. an admin, or etcd's clock: the keys are gone now
@@ -416,7 +384,7 @@ async def test_the_watchdog_alone_fences_a_stopped_lease_holder(
             fake = work / RUN_DIR / str(uuid.uuid4())
             fake.mkdir()
             (fake / "qemu.pid").write_text(f"{pid}\n")
-        ends = [_process_end(pid) for pid in pids]
+        ends = [process_end(pid) for pid in pids]
 
         await _next_renewal(work)
         holder.proc.send_signal(signal.SIGSTOP)  # a hung agent: no renewal, no fence() from it
@@ -437,7 +405,7 @@ async def test_the_watchdog_alone_fences_a_stopped_lease_holder(
         )
         assert all(TTL - MARGIN - 0.01 <= s < TTL for s in since), since
         assert gone > max(ended)  # dead before anyone could take their keys
-        assert _alive(foreign) and _alive(decoy.pid)
+        assert alive(foreign) and alive(decoy.pid)
         text = log.read_text()
         assert f"lease {holder.lease:x} of host '{host}' has ended" in text, text
         assert all(f"killed QEMU pid {pid} " in text for pid in pids), text
@@ -447,7 +415,7 @@ async def test_the_watchdog_alone_fences_a_stopped_lease_holder(
         with contextlib.suppress(OvercastError):
             _, late = await guests.start()
             async with asyncio.timeout(1):
-                await _process_end(late)
+                await process_end(late)
 
         def killed_late() -> bool:
             return log.read_text().count("killed QEMU pid") > len(pids)
@@ -487,23 +455,23 @@ async def test_the_watchdog_fences_when_the_record_goes_missing_or_garbled(
         assert second_watchdog.returncode == 1 and b"another watchdog" in refusal
         _, first = await guests.start()
         await asyncio.sleep(0.4)
-        assert _alive(first)  # no record yet: a host outside any cluster is left alone
+        assert alive(first)  # no record yet: a host outside any cluster is left alone
         now = Clocks.now()
         good = Validity("h", 1, now.wall + 600, now.boot + 600, now.boot_id, now.wall)
         write_validity(work / LEASE_FILE, good)
         await asyncio.sleep(0.4)
-        assert _alive(first)
+        assert alive(first)
         (work / LEASE_FILE).write_text("{garbled")
         async with asyncio.timeout(1):
-            await _process_end(first)
+            await process_end(first)
         write_validity(work / LEASE_FILE, good)
         await asyncio.sleep(0.4)
         _, second = await guests.start()
         await asyncio.sleep(0.4)
-        assert _alive(second)
+        assert alive(second)
         (work / LEASE_FILE).unlink()
         async with asyncio.timeout(1):
-            await _process_end(second)
+            await process_end(second)
         text = log.read_text()
         assert text.count("the lease record is missing or garbled") == 2, text
         assert "the lease is valid again" in text, text
@@ -520,11 +488,11 @@ async def test_a_frozen_lease_holder_fences_at_once_on_waking(
     holder = await Holder.start(etcd_url, work, host, [server])
     try:
         _, pid = await guests.start(server)
-        end = _process_end(pid)
+        end = process_end(pid)
         renewed = await _next_renewal(work)
         holder.proc.send_signal(signal.SIGSTOP)
         await asyncio.sleep(TTL + 1)  # frozen past the TTL: the lease has ended at etcd
-        assert _alive(pid) and await etcd.get(guest_key(server)) is None
+        assert alive(pid) and await etcd.get(guest_key(server)) is None
         holder.proc.send_signal(signal.SIGCONT)
         thawed = time.time()
         async with asyncio.timeout(2):

@@ -18,10 +18,8 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -35,7 +33,7 @@ from overcast.hypervisor import net
 from overcast.hypervisor.qemu import QemuDriver
 from overcast.hypervisor.spec import Accel, DiskSpec, GuestSpec, NicSpec, VncSpec
 from overcast.model.errors import BusyError, FailedError, MissingError, UsageError
-from qemus import qemus_in
+from qemus import process_end, qemus_in, scratch_dir
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_DIR = REPO / "build" / "guest"
@@ -64,15 +62,9 @@ def ifprefix() -> Iterator[str]:
 
 @pytest.fixture
 def work(ifprefix: str) -> Iterator[Path]:
-    """A short directory (unix socket paths hold 107 bytes); kills any QEMU left in it."""
-    path = Path(tempfile.mkdtemp(prefix="oc-", dir="/tmp"))
-    try:
+    """A short directory; kills any QEMU left in it (before the taps go)."""
+    with scratch_dir() as path:
         yield path
-    finally:
-        for pid in qemus_in(path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Ends:
@@ -175,22 +167,6 @@ def _boot_disk(image: Path) -> DiskSpec:
     return DiskSpec(image, "ide", 0, 0, bootindex=0, format="qcow2")
 
 
-def _process_end(pid: int) -> asyncio.Future[float]:
-    """The wall-clock time at which process ``pid`` ends, seen through a pidfd."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[float] = loop.create_future()
-    fd = os.pidfd_open(pid)
-
-    def ended() -> None:
-        loop.remove_reader(fd)
-        os.close(fd)
-        if not done.done():
-            done.set_result(time.time())
-
-    loop.add_reader(fd, ended)
-    return done
-
-
 async def _serial(path: Path, text: str, *, count: int = 1, seconds: float = BOOT_TIMEOUT) -> str:
     """Wait until ``text`` is on the serial console ``count`` times; the console."""
     began = time.monotonic()
@@ -290,7 +266,7 @@ async def test_a_guest_that_powers_itself_off_is_reported_at_once(
         nics=(NicSpec("virtio", "52:54:00:a9:00:02"),),
     )
     started = await agent.start(spec, [None])
-    qemu_end = _process_end(started.info.pid)
+    qemu_end = process_end(started.info.pid)
     # Boots, reads the second drive, powers off a second after its marker.
     (end,) = await ends.wait(1, BOOT_TIMEOUT)
     ended = await qemu_end
@@ -311,7 +287,7 @@ async def test_stop_kills_at_once_and_reports_once(host: Host) -> None:
         nics=(NicSpec("rtl8139", "52:54:00:a9:00:03"),),
     )
     started = await agent.start(spec, [None])
-    qemu_end = _process_end(started.info.pid)
+    qemu_end = process_end(started.info.pid)
     began = time.time()
     await agent.stop(spec.uuid)
     returned = time.time()
@@ -459,7 +435,7 @@ async def test_guests_outlive_the_agent_and_are_adopted(host: Host) -> None:
     assert first_ends.all == []
     assert sorted(qemus_in(host.work)) == sorted([before.info.pid, victim])
     assert await net.link(first.tap(doomed.uuid, 0)) is not None
-    gone = _process_end(victim)
+    gone = process_end(victim)
     os.kill(victim, signal.SIGKILL)
     killed = await gone
     await asyncio.sleep(0.5)

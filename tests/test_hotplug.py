@@ -66,11 +66,11 @@ from overcast.store import Store, migrate
 from overcast.store import servers as server_rows
 from overcast.store import usage as usage_rows
 from overcast.store.engine import sqlite_url
-from qemus import qemus_in
+from qemus import alive, qemus_in
 from test_host_agent import guest_image as guest_image
 from test_host_agent import ifprefix as ifprefix
 from test_host_agent import work as work
-from test_server_restart import Site, _alive, _keys, _site, _wait
+from test_server_restart import Site, _keys, _site, _wait
 from test_servers import (
     Servers,
     assert_error,
@@ -873,7 +873,7 @@ def test_kill_9_with_a_paused_guest_adopts_it_paused(site: Site) -> None:
 
     site.kill9()
     time.sleep(0.3)
-    assert _alive(pid)
+    assert alive(pid)
     site.start()
     with site.client() as c:
         after = _keys(c.get(f"/servers/{server}/info").text)
@@ -885,6 +885,6 @@ def test_kill_9_with_a_paused_guest_adopts_it_paused(site: Site) -> None:
         assert r.status_code == 200, r.text
         assert _keys(r.text)["status"] == "active"
         assert c.post(f"/servers/{server}/stop").status_code == 204
-        _wait(lambda: not _alive(pid), 10, "the guest to end")
+        _wait(lambda: not alive(pid), 10, "the guest to end")
         assert c.get(f"/servers/{server}/info").status_code == 404
     _wait(lambda: not site.rundir(server).exists(), 5, "the run directory to go")

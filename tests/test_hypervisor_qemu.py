@@ -9,16 +9,13 @@ tested inside a network namespace made for the test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import select
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,20 +30,14 @@ from overcast.hypervisor.kvm import CACHE_FILE, choose_accel, run_probe, write_f
 from overcast.hypervisor.qemu import GuestHandle, QemuDriver
 from overcast.hypervisor.spec import Accel, DiskSpec, GuestSpec, NicSpec, VncSpec
 from overcast.model.errors import BusyError, FailedError, MissingError, UsageError
-from qemus import qemus_in
+from qemus import qemus_in, scratch_dir
 
 
 @pytest.fixture
 def work() -> Iterator[Path]:
-    """A short directory (unix socket paths hold 107 bytes); kills any QEMU left in it."""
-    path = Path(tempfile.mkdtemp(prefix="oc-", dir="/tmp"))
-    try:
+    """A short directory; kills any QEMU left in it."""
+    with scratch_dir() as path:
         yield path
-    finally:
-        for pid in qemus_in(path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from cloud import start_cloud, stop_cloud
 from etcd import running_etcd
 from overcast.store.etcd import Etcd
-from test_server_restart import _alive, _wait
+from qemus import alive
+from test_server_restart import _wait
+from test_servers import records
 
 TTL = 3
 
@@ -31,20 +34,10 @@ async def _key(url: str, server: str) -> str | None:
         await etcd.close()
 
 
-def _records(text: str) -> list[dict[str, str]]:
-    return [
-        dict(line.split(" ", 1) for line in block.splitlines() if " " in line)
-        for block in text.split("\n\n")
-        if block.strip()
-    ]
-
-
 def test_guest_keys_and_a_fence_when_etcd_dies() -> None:
-    with tempfile.TemporaryDirectory(prefix="ocl-", dir="/tmp") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ocl-", dir="/tmp") as tmp, ExitStack() as etcd:
         data = Path(tmp) / "var"
-        etcd_cm = running_etcd()
-        url = etcd_cm.__enter__()
-        etcd_up = True
+        url = etcd.enter_context(running_etcd())
         cloud = start_cloud(
             data,
             env={
@@ -58,23 +51,22 @@ def test_guest_keys_and_a_fence_when_etcd_dies() -> None:
             with cloud.admin_client() as a:
                 r = a.post("/servers/create", content="name leased\ncpu 500\nmem 64\n")
                 assert r.status_code == 200, r.text
-                server = _records(r.text)[0]["server"]
+                server = records(r.text)[0]["server"]
                 assert asyncio.run(_key(url, server)) == "h-test"
                 assert a.post(f"/servers/{server}/stop").status_code == 204
                 assert asyncio.run(_key(url, server)) is None
 
                 r = a.post("/servers/create", content="name fenced\ncpu 500\nmem 64\n")
                 assert r.status_code == 200, r.text
-                doomed = _records(r.text)[0]["server"]
+                doomed = records(r.text)[0]["server"]
                 pid = int((data / "run" / doomed / "qemu.pid").read_text())
                 killed = time.monotonic()
-                etcd_cm.__exit__(None, None, None)  # etcd is gone: no renewal can succeed
-                etcd_up = False
-                _wait(lambda: not _alive(pid), TTL + 2, "the fence")
+                etcd.close()  # etcd is gone: no renewal can succeed
+                _wait(lambda: not alive(pid), TTL + 2, "the fence")
                 assert time.monotonic() - killed < TTL, "fenced only after the TTL"
                 deadline = time.monotonic() + 10
                 while True:
-                    events = _records(a.get("/events/list").text)
+                    events = records(a.get("/events/list").text)
                     ends = [e for e in events if e["server"] == doomed]
                     if ends or time.monotonic() > deadline:
                         break
@@ -86,5 +78,3 @@ def test_guest_keys_and_a_fence_when_etcd_dies() -> None:
                 assert a.get("/servers/list").text.strip() == ""
         finally:
             stop_cloud(cloud)
-            if etcd_up:
-                etcd_cm.__exit__(None, None, None)

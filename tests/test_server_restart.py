@@ -34,6 +34,7 @@ from overcast.config import load_settings
 from overcast.model.server import Server, ServerStatus
 from overcast.store import Store
 from overcast.store import servers as server_rows
+from qemus import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST_GZ = ROOT / "build" / "guest" / "guest.img.gz"
@@ -54,15 +55,6 @@ def _config(info: dict[str, str]) -> dict[str, str]:
         for k, v in info.items()
         if k not in _COUNTERS and not k.endswith((":bytes", ":requests"))
     }
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not: QEMU's daemon may wait to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _wait(check: Callable[[], bool], seconds: float, what: str) -> None:
@@ -119,7 +111,7 @@ class Site:
         for pidfile in (self.data / "run").glob("*/qemu.pid"):
             with contextlib.suppress(OSError, ValueError):
                 pid = int(pidfile.read_text())
-                if _alive(pid) and str(pidfile.parent) in Path(f"/proc/{pid}/cmdline").read_text(
+                if alive(pid) and str(pidfile.parent) in Path(f"/proc/{pid}/cmdline").read_text(
                     errors="replace"
                 ):
                     found[pidfile.parent.name] = pid
@@ -220,11 +212,11 @@ def test_guests_survive_kill_9_and_are_adopted_unchanged(site: Site) -> None:
         servers = [plain["server"], kept["server"]]
         before = {s: _config(_keys(c.get(f"/servers/{s}/info").text)) for s in servers}
     pids = {s: site.qemu_pid(s) for s in servers}
-    assert all(_alive(pid) for pid in pids.values())
+    assert all(alive(pid) for pid in pids.values())
 
     site.kill9()
     time.sleep(0.5)  # long enough for anything tied to the server's life to go
-    assert all(_alive(pid) for pid in pids.values()), "a guest died with overcast serve"
+    assert all(alive(pid) for pid in pids.values()), "a guest died with overcast serve"
 
     site.start()
     with site.client() as c:
@@ -241,12 +233,12 @@ def test_guests_survive_kill_9_and_are_adopted_unchanged(site: Site) -> None:
         assert c.post(f"/servers/{plain['server']}/reset").status_code == 204
 
         assert c.post(f"/servers/{plain['server']}/stop").status_code == 204
-        assert not _alive(pids[plain["server"]])
+        assert not alive(pids[plain["server"]])
         assert c.get(f"/servers/{plain['server']}/info").status_code == 404
         assert _claimed(c, plain["ide:0:0"]) is None
 
         assert c.post(f"/servers/{kept['server']}/stop").status_code == 204
-        assert not _alive(pids[kept["server"]])
+        assert not alive(pids[kept["server"]])
         stopped = _keys(c.get(f"/servers/{kept['server']}/info").text)
         assert stopped["status"] == "stopped"
         assert _claimed(c, kept["ide:0:0"]) is None
@@ -270,7 +262,7 @@ def test_guests_that_ended_while_down_are_processed_as_exits_at_restart(site: Si
     site.kill9()
     for s in (killed, kept):
         os.kill(pids[s["server"]], signal.SIGKILL)
-    _wait(lambda: not any(_alive(pids[s["server"]]) for s in (killed, kept)), 10, "the kills")
+    _wait(lambda: not any(alive(pids[s["server"]]) for s in (killed, kept)), 10, "the kills")
 
     # By the time the restarted server answers, every end has been processed.
     site.start()
@@ -284,7 +276,7 @@ def test_guests_that_ended_while_down_are_processed_as_exits_at_restart(site: Si
         assert stopped["status"] == "stopped"
         assert _claimed(c, kept["ide:0:0"]) is None
         assert _keys(c.get(f"/servers/{survivor['server']}/info").text)["status"] == "active"
-        assert _alive(pids[survivor["server"]])
+        assert alive(pids[survivor["server"]])
 
         # The released drive is free for a new server; the stopped one starts again.
         again = site.create(c, killed["ide:0:0"])
@@ -444,9 +436,9 @@ def test_a_guest_without_a_server_is_stopped_at_restart(site: Site) -> None:
     pid = site.qemu_pid(orphan["server"])
     site.kill9()
     asyncio.run(_delete_row(site.data, orphan["server"]))
-    assert _alive(pid)
+    assert alive(pid)
     site.start()
-    _wait(lambda: not _alive(pid), 10, "the orphan's end")
+    _wait(lambda: not alive(pid), 10, "the orphan's end")
     assert site.qemus() == {}
     with site.client() as c:
         assert _claimed(c, drive) is None
