@@ -39,7 +39,10 @@ __all__ = [
     "WrkResult",
     "bare_server",
     "basic_auth",
+    "bench_user",
     "free_port",
+    "import_guest",
+    "keys_of",
     "overcast_server",
     "parse_wrk",
     "peak_rss_kib",
@@ -49,6 +52,7 @@ __all__ = [
 ]
 
 BENCH = Path(__file__).resolve().parent
+GUEST_GZ = BENCH.parent / "build" / "guest" / "guest.img.gz"
 GIB = 1 << 30
 
 
@@ -184,6 +188,42 @@ def overcast_server(data: Path, env: Mapping[str, str] | None = None) -> Iterato
     log = data.parent / f"{data.name}.log"
     with _serve(cmd, f"http://127.0.0.1:{port}", "/drives/list", 401, log, env) as server:
         yield server
+
+
+def keys_of(text: str) -> dict[str, str]:
+    """One record of the API's text format (``key value`` lines)."""
+    return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+
+
+def import_guest(data: Path, library: str) -> None:
+    """Register the test guest as library drive ``library``, as ``make run`` does."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "overcast.cli", "admin", "--data", str(data)),
+            *("drive", "import-standard", str(GUEST_GZ), "--name", "guest"),
+            *("--uuid", library),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+
+
+@contextmanager
+def bench_user(server: Server, data: Path, timeout: float = 120) -> Iterator[httpx.Client]:
+    """A client of a new user of ``server``, made with the admin's
+    credentials that ``serve`` wrote to ``data``."""
+    admin = keys_of((data / "admin.txt").read_text())
+    with httpx.Client(base_url=server.url, auth=(admin["uuid"], admin["secret"]), timeout=60) as a:
+        r = a.post("/users/create", content="name bench\n")
+        r.raise_for_status()
+        user = keys_of(r.text)
+    with httpx.Client(
+        base_url=server.url, auth=(user["user"], user["secret"]), timeout=timeout
+    ) as client:
+        yield client
 
 
 @contextmanager

@@ -49,7 +49,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from _common import BENCH, Server, _serve, free_port, overcast_server
+from _common import BENCH, Server, _serve, bench_user, free_port, keys_of, overcast_server
 from overcast.cluster.cloud import Cloud
 from overcast.config import load_settings
 from overcast.events.delivery import Deliverer
@@ -205,62 +205,52 @@ def _json_of_size(size: int) -> bytes:
     return json.dumps({"pad": "x" * max(0, size - empty)}, separators=(",", ":")).encode()
 
 
-def _keys(text: str) -> dict[str, str]:
-    return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
-
-
 # -- 1. exit -> callback -------------------------------------------------------
 
 
 def _exits(tmp: Path, rx: httpx.Client, figures: Figures, exits: int, warmup: int) -> None:
     data = tmp / "var"
     data.mkdir()
-    with overcast_server(data, env={"OVERCAST_CALLBACK_PRIVATE": "true"}) as oc:
-        creds = _keys((data / "admin.txt").read_text())
-        with httpx.Client(base_url=oc.url, auth=(creds["uuid"], creds["secret"]), timeout=60) as a:
-            r = a.post("/users/create", content="name bench\n")
+    with (
+        overcast_server(data, env={"OVERCAST_CALLBACK_PRIVATE": "true"}) as oc,
+        bench_user(oc, data, timeout=60) as c,
+        httpx.Client(timeout=30) as raw,
+    ):
+        body = b""
+        for i in range(warmup + exits):
+            measured = i >= warmup
+            hook = f"/hook/{i}"
+            spec = f"name b{i}\ncpu 500\nmem 64\ncallback:exit {rx.base_url}{hook}\n"
+            r = c.post("/servers/create", content=spec)
+            if r.status_code != 200:
+                raise RuntimeError(f"create: {r.status_code} {r.text}")
+            server = keys_of(r.text)["server"]
+            sent = time.monotonic()
+            r = c.post(f"/servers/{server}/stop")
+            replied = time.monotonic()
+            if r.status_code != 204:
+                raise RuntimeError(f"stop: {r.status_code} {r.text}")
+            arrived, callback = _arrival(rx, hook)
+            if not body:
+                figures.callback_bytes = len(callback.encode())
+                body = _json_of_size(figures.callback_bytes)
+            if measured:
+                figures.add(STOP, (replied - sent) * 1000)
+                figures.add(EXIT, (arrived - sent) * 1000)
+                figures.add(AFTER, (arrived - replied) * 1000)
+            path = f"/raw/{i}"
+            sent = time.monotonic()
+            r = raw.post(
+                f"{rx.base_url}{path}",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            replied = time.monotonic()
             r.raise_for_status()
-            user = _keys(r.text)
-        auth = (user["user"], user["secret"])
-        with (
-            httpx.Client(base_url=oc.url, auth=auth, timeout=60) as c,
-            httpx.Client(timeout=30) as raw,
-        ):
-            body = b""
-            for i in range(warmup + exits):
-                measured = i >= warmup
-                hook = f"/hook/{i}"
-                spec = f"name b{i}\ncpu 500\nmem 64\ncallback:exit {rx.base_url}{hook}\n"
-                r = c.post("/servers/create", content=spec)
-                if r.status_code != 200:
-                    raise RuntimeError(f"create: {r.status_code} {r.text}")
-                server = _keys(r.text)["server"]
-                sent = time.monotonic()
-                r = c.post(f"/servers/{server}/stop")
-                replied = time.monotonic()
-                if r.status_code != 204:
-                    raise RuntimeError(f"stop: {r.status_code} {r.text}")
-                arrived, callback = _arrival(rx, hook)
-                if not body:
-                    figures.callback_bytes = len(callback.encode())
-                    body = _json_of_size(figures.callback_bytes)
-                if measured:
-                    figures.add(STOP, (replied - sent) * 1000)
-                    figures.add(EXIT, (arrived - sent) * 1000)
-                    figures.add(AFTER, (arrived - replied) * 1000)
-                path = f"/raw/{i}"
-                sent = time.monotonic()
-                r = raw.post(
-                    f"{rx.base_url}{path}",
-                    content=body,
-                    headers={"content-type": "application/json"},
-                )
-                replied = time.monotonic()
-                r.raise_for_status()
-                arrived, _ = _arrival(rx, path)
-                if measured:
-                    figures.add(RAW, (replied - sent) * 1000)
-                    figures.add(RAW_ARRIVED, (arrived - sent) * 1000)
+            arrived, _ = _arrival(rx, path)
+            if measured:
+                figures.add(RAW, (replied - sent) * 1000)
+                figures.add(RAW_ARRIVED, (arrived - sent) * 1000)
 
 
 # -- 2. throughput --------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,12 +31,10 @@ from pathlib import Path
 
 import httpx
 
-from _common import overcast_server
+from _common import bench_user, import_guest, keys_of, overcast_server
 
 __all__ = ["Figures", "main", "run"]
 
-ROOT = Path(__file__).resolve().parent.parent
-GUEST_GZ = ROOT / "build" / "guest" / "guest.img.gz"
 LIBRARY = "0c0c0c0c-0000-4000-8000-000000000002"
 INFRA = "http://schemas.ogf.org/occi/infrastructure#"
 EH = "a elastichosts create"
@@ -80,10 +77,6 @@ class Figures:
         return self.p50(OCCI) / self.p50(EH)
 
 
-def _keys(text: str) -> dict[str, str]:
-    return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
-
-
 class _Api:
     def __init__(self, client: httpx.Client, url: str) -> None:
         self.c = client
@@ -92,9 +85,9 @@ class _Api:
     def drive(self) -> str:
         r = self.c.post("/drives/create", content="name bench\nsize 64M\n")
         r.raise_for_status()
-        drive = _keys(r.text)["drive"]
+        drive = keys_of(r.text)["drive"]
         self.c.post(f"/drives/{drive}/image/{LIBRARY}/gunzip").raise_for_status()
-        while "imaging" in _keys(self.c.get(f"/drives/{drive}/info").text):
+        while "imaging" in keys_of(self.c.get(f"/drives/{drive}/info").text):
             time.sleep(0.02)
         return drive
 
@@ -105,7 +98,7 @@ class _Api:
         elapsed = (time.perf_counter() - began) * 1000
         if r.status_code != 200:
             raise RuntimeError(f"create: {r.status_code} {r.text}")
-        return _keys(r.text)["server"], elapsed
+        return keys_of(r.text)["server"], elapsed
 
     def occi_create(self, drive: str) -> tuple[str, float]:
         entity = {
@@ -140,7 +133,7 @@ class _Api:
     def info(self, server: str) -> dict[str, str]:
         r = self.c.get(f"/servers/{server}/info")
         r.raise_for_status()
-        return _keys(r.text)
+        return keys_of(r.text)
 
     def destroy(self, server: str) -> None:
         r = self.c.post(f"/servers/{server}/destroy")
@@ -164,39 +157,18 @@ def run(*, trials: int = 20) -> Figures:
     with tempfile.TemporaryDirectory(prefix="ocb-", dir="/tmp") as tmp:
         data = Path(tmp) / "var"
         data.mkdir()
-        done = subprocess.run(
-            [
-                *(sys.executable, "-m", "overcast.cli", "admin", "--data", str(data)),
-                *("drive", "import-standard", str(GUEST_GZ), "--name", "guest"),
-                *("--uuid", LIBRARY),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr)
-        with overcast_server(data) as oc:
-            creds = _keys((data / "admin.txt").read_text())
-            with httpx.Client(
-                base_url=oc.url, auth=(creds["uuid"], creds["secret"]), timeout=60
-            ) as a:
-                r = a.post("/users/create", content="name bench\n")
-                r.raise_for_status()
-                user = _keys(r.text)
-            with httpx.Client(
-                base_url=oc.url, auth=(user["user"], user["secret"]), timeout=120
-            ) as c:
-                api = _Api(c, oc.url)
-                drive = api.drive()
-                _same_server(api, drive)  # and the warm-up of both paths
-                for i in range(trials):
-                    # Alternate which goes first, so neither always follows a destroy.
-                    order = [(EH, api.eh_create), (OCCI, api.occi_create)]
-                    for name, create in order if i % 2 == 0 else order[::-1]:
-                        server, ms = create(drive)
-                        figures.add(name, ms)
-                        api.destroy(server)
+        import_guest(data, LIBRARY)
+        with overcast_server(data) as oc, bench_user(oc, data) as c:
+            api = _Api(c, oc.url)
+            drive = api.drive()
+            _same_server(api, drive)  # and the warm-up of both paths
+            for i in range(trials):
+                # Alternate which goes first, so neither always follows a destroy.
+                order = [(EH, api.eh_create), (OCCI, api.occi_create)]
+                for name, create in order if i % 2 == 0 else order[::-1]:
+                    server, ms = create(drive)
+                    figures.add(name, ms)
+                    api.destroy(server)
     return figures
 
 

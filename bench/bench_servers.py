@@ -40,13 +40,11 @@ from pathlib import Path
 import httpx
 from qemu.qmp import QMPClient
 
-from _common import overcast_server
+from _common import bench_user, import_guest, keys_of, overcast_server
 from overcast.model.server import MHZ_PER_CORE
 
 __all__ = ["Figures", "main", "run"]
 
-ROOT = Path(__file__).resolve().parent.parent
-GUEST_GZ = ROOT / "build" / "guest" / "guest.img.gz"
 LIBRARY = "0c0c0c0c-0000-4000-8000-000000000001"
 MARKER = b"OVERCAST-GUEST-UP"
 BOOT_TIMEOUT = 120.0
@@ -72,10 +70,6 @@ class Figures:
     def p95(self, name: str) -> float:
         values = sorted(self.ms[name])
         return values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
-
-
-def _keys(text: str) -> dict[str, str]:
-    return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
 
 
 def _alive(pid: int) -> bool:
@@ -123,9 +117,9 @@ class _Api:
     def drive(self) -> str:
         r = self.c.post("/drives/create", content="name bench\nsize 64M\n")
         r.raise_for_status()
-        drive = _keys(r.text)["drive"]
+        drive = keys_of(r.text)["drive"]
         self.c.post(f"/drives/{drive}/image/{LIBRARY}/gunzip").raise_for_status()
-        while "imaging" in _keys(self.c.get(f"/drives/{drive}/info").text):
+        while "imaging" in keys_of(self.c.get(f"/drives/{drive}/info").text):
             time.sleep(0.02)
         return drive
 
@@ -145,7 +139,7 @@ class _Api:
         elapsed = (time.perf_counter() - began) * 1000
         if r.status_code != 200:
             raise RuntimeError(f"create: {r.status_code} {r.text}")
-        return _keys(r.text)["server"], elapsed
+        return keys_of(r.text)["server"], elapsed
 
     def rundir(self, server: str) -> Path:
         return self.data / "run" / server
@@ -192,34 +186,11 @@ def run(*, trials: int = 20, boot_trials: int = 5, concurrent: int = 10) -> Figu
     with tempfile.TemporaryDirectory(prefix="ocb-", dir="/tmp") as tmp:
         data = Path(tmp) / "var"
         data.mkdir()
-        done = subprocess.run(
-            [
-                *(sys.executable, "-m", "overcast.cli", "admin", "--data", str(data)),
-                *("drive", "import-standard", str(GUEST_GZ), "--name", "guest"),
-                *("--uuid", LIBRARY),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr)
-        with overcast_server(data) as oc:
-            creds = dict(
-                line.split(" ", 1) for line in (data / "admin.txt").read_text().split("\n") if line
-            )
-            with httpx.Client(
-                base_url=oc.url, auth=(creds["uuid"], creds["secret"]), timeout=60
-            ) as a:
-                r = a.post("/users/create", content="name bench\n")
-                r.raise_for_status()
-                user = _keys(r.text)
-            with httpx.Client(
-                base_url=oc.url, auth=(user["user"], user["secret"]), timeout=120
-            ) as c:
-                api = _Api(oc.url, data, c)
-                _trials(api, Path(tmp) / "raw", figures, trials, boot_trials)
-                _burst(api, figures, concurrent)
+        import_guest(data, LIBRARY)
+        with overcast_server(data) as oc, bench_user(oc, data) as c:
+            api = _Api(oc.url, data, c)
+            _trials(api, Path(tmp) / "raw", figures, trials, boot_trials)
+            _burst(api, figures, concurrent)
     return figures
 
 

@@ -8,10 +8,10 @@ import binascii
 from starlette.requests import Request
 
 from overcast.cluster.cloud import Cloud
-from overcast.model.errors import AuthError, MissingError
+from overcast.model.errors import AuthError, MethodError, MissingError
 from overcast.model.user import User
 
-__all__ = ["admin", "caller"]
+__all__ = ["admin", "admin_change", "caller"]
 
 
 async def caller(request: Request) -> User:
@@ -34,4 +34,14 @@ async def admin(request: Request) -> User:
     user = await caller(request)
     if not user.admin:
         raise MissingError(f"no such command {request.url.path}")
+    return user
+
+
+async def admin_change(request: Request) -> User:
+    """The admin caller of a privileged call that changes state. Such routes
+    take GET too, so that to anyone else they are missing whatever the
+    method; only a known admin hears that GET is ``405 method``."""
+    user = await admin(request)
+    if request.method != "POST":
+        raise MethodError(f"{request.url.path} needs POST")
     return user

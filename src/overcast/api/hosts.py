@@ -19,28 +19,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from overcast.api.auth import admin
+from overcast.api.auth import admin, admin_change
 from overcast.api.context import READ, cloud_of
 from overcast.api.negotiate import MAX_BODY, no_content, read_keys, reply, reply_list
 from overcast.cluster.exits import report_of_callback
-from overcast.model.errors import MethodError, UsageError
+from overcast.model.errors import UsageError
 
 __all__ = ["routes"]
 
 
 async def exits(request: Request) -> Response:
-    await _change(request)
+    await admin_change(request)
     body = await request.body()
     if len(body) > MAX_BODY:
         raise UsageError(f"request body is larger than {MAX_BODY} bytes")
     await cloud_of(request).servers.host_exited(report_of_callback(body))
     return no_content()
-
-
-async def _change(request: Request) -> None:
-    await admin(request)
-    if request.method != "POST":
-        raise MethodError(f"{request.url.path} needs POST")
 
 
 async def list_(request: Request) -> Response:
@@ -61,20 +55,20 @@ async def info(request: Request) -> Response:
 
 
 async def create(request: Request) -> Response:
-    await _change(request)
+    await admin_change(request)
     hosts = cloud_of(request).hosts
     return reply(request, await hosts.info(await hosts.create(await read_keys(request))))
 
 
 async def set_(request: Request) -> Response:
-    await _change(request)
+    await admin_change(request)
     hosts = cloud_of(request).hosts
     host = await hosts.set(request.path_params["host"], await read_keys(request))
     return reply(request, await hosts.info(host))
 
 
 async def drain(request: Request) -> Response:
-    await _change(request)
+    await admin_change(request)
     hosts = cloud_of(request).hosts
     return reply(
         request, await hosts.info(await hosts.set(request.path_params["host"], {"drain": "true"}))
@@ -82,7 +76,7 @@ async def drain(request: Request) -> Response:
 
 
 async def destroy(request: Request) -> Response:
-    await _change(request)
+    await admin_change(request)
     await cloud_of(request).hosts.destroy(request.path_params["host"])
     return no_content()
 

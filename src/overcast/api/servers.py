@@ -13,11 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from overcast.api.auth import admin, caller
+from overcast.api.auth import admin_change, caller
 from overcast.api.context import CHANGE, READ, cloud_of
 from overcast.api.negotiate import no_content, read_keys, reply, reply_list
 from overcast.cluster.servers import ServerService
-from overcast.model.errors import MethodError
 from overcast.model.user import User
 
 __all__ = ["routes"]
@@ -59,9 +58,7 @@ async def create(request: Request) -> Response:
 async def create_numbered(request: Request) -> Response:
     """``/servers/S/create`` (admins): create with the given id, as a
     manager asks its hosts to; to anyone else there is no such call."""
-    user = await admin(request)
-    if request.method != "POST":
-        raise MethodError(f"{request.url.path} needs POST")
+    user = await admin_change(request)
     keys = await read_keys(request)
     service = _servers(request)
     server = await service.create(user, keys, uuid=request.path_params["server"])

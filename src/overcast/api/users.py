@@ -11,22 +11,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from overcast.api.auth import admin, caller
+from overcast.api.auth import admin, admin_change, caller
 from overcast.api.context import CHANGE, READ, cloud_of
 from overcast.api.negotiate import no_content, read_keys, reply, reply_list
 from overcast.model.codec import Record
-from overcast.model.errors import MethodError
 from overcast.model.user import User, parse_user_changes, parse_user_spec, quota_info
 
 __all__ = ["routes", "user_info"]
-
-
-async def _admin_change(request: Request) -> User:
-    """The admin caller of a changing call, which must be a POST."""
-    user = await admin(request)
-    if request.method != "POST":
-        raise MethodError(f"{request.url.path} needs POST")
-    return user
 
 
 def user_info(user: User) -> Record:
@@ -69,7 +60,7 @@ async def info(request: Request) -> Response:
 
 async def create(request: Request) -> Response:
     """The reply carries ``secret``: the only time the key is ever shown."""
-    await _admin_change(request)
+    await admin_change(request)
     spec = parse_user_spec(await read_keys(request))
     user, secret = await cloud_of(request).users.create(
         spec.name, admin=spec.admin, quota=spec.quota
@@ -78,7 +69,7 @@ async def create(request: Request) -> Response:
 
 
 async def set_(request: Request) -> Response:
-    await _admin_change(request)
+    await admin_change(request)
     keys = await read_keys(request)
     users = cloud_of(request).users
     user = await users.get(request.path_params["user"])
@@ -87,7 +78,7 @@ async def set_(request: Request) -> Response:
 
 
 async def destroy(request: Request) -> Response:
-    me_ = await _admin_change(request)
+    me_ = await admin_change(request)
     await cloud_of(request).users.destroy(request.path_params["user"], caller=me_)
     return no_content()
 
