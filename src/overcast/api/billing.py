@@ -58,7 +58,7 @@ def total_record(total: UsageTotal) -> Record:
     }
 
 
-async def _window(request: Request) -> tuple[str | None, float, float, list[usage_rows.Usage]]:
+async def _window(request: Request) -> tuple[float, float, list[usage_rows.Usage]]:
     await admin(request)
     params = request.query_params
     end = parse_time("to", params["to"]) if "to" in params else time.time()
@@ -68,16 +68,16 @@ async def _window(request: Request) -> tuple[str | None, float, float, list[usag
     user = parse_uuid("user", params["user"]) if "user" in params else None
     async with cloud_of(request).store.read(big=True) as tx:
         records = await usage_rows.usage_between(tx, user, start, end)
-    return user, start, end, records
+    return start, end, records
 
 
 async def list_(request: Request) -> Response:
-    _user, _start, _end, records = await _window(request)
+    _start, _end, records = await _window(request)
     return reply(request, [usage_record(r) for r in records])
 
 
 async def report(request: Request) -> Response:
-    _user, start, end, records = await _window(request)
+    start, end, records = await _window(request)
     return reply(request, [total_record(t) for t in totals(records, start, end)])
 
 

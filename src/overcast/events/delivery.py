@@ -130,7 +130,7 @@ class Deliverer:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         #: Due deliveries read from the outbox and not yet started: one
         #: query feeds many starts (reading the outbox is what costs).
-        self._queue: list[rows.Delivery] = []
+        self._queue: list[tuple[rows.Delivery, str]] = []  # with its receiver
         self._queried = 0.0
         self._stale = True
         #: Deliveries settled since the last read of the outbox began.
@@ -199,13 +199,12 @@ class Deliverer:
         if self._stale or not self._queue or now - self._queried >= self._poll:
             await self._refill(now)
         waiting = []
-        for delivery in self._queue:
-            receiver = _receiver(delivery.url)
-            if (
-                len(self._inflight) >= self._concurrency
-                or self._receivers[receiver] >= self._per_receiver
-            ):
-                waiting.append(delivery)
+        for n, (delivery, receiver) in enumerate(self._queue):
+            if len(self._inflight) >= self._concurrency:  # the rest waits too
+                waiting.extend(self._queue[n:])
+                break
+            if self._receivers[receiver] >= self._per_receiver:
+                waiting.append((delivery, receiver))
                 continue
             self._receivers[receiver] += 1
             self._inflight[delivery.event.id] = asyncio.create_task(
@@ -225,7 +224,9 @@ class Deliverer:
         async with self._store.read() as tx:
             due = await rows.due_deliveries(tx, time.time(), limit)
         self._queue = [
-            d for d in due if d.event.id not in self._inflight and d.event.id not in settled
+            (d, _receiver(d.url))
+            for d in due
+            if d.event.id not in self._inflight and d.event.id not in settled
         ]
 
     async def _deliver(self, delivery: rows.Delivery, receiver: str) -> None:
