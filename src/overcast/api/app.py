@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from overcast.api import billing, drives, events, hosts, resources, servers, users
+from overcast.api import billing, drives, events, guests, hosts, resources, servers, users
 from overcast.api.errors import UnexpectedErrors, handle_error, handle_http
 from overcast.api.occi import routes as occi
 from overcast.api.requestid import RequestIdMiddleware
@@ -41,6 +41,7 @@ def build_app(settings: Settings) -> Starlette:
             *events.routes,
             *billing.routes,
             *hosts.routes,
+            *guests.routes,
             *occi.routes,
         ],
         middleware=[Middleware(RequestIdMiddleware), Middleware(UnexpectedErrors)],
