@@ -40,9 +40,11 @@ from qemu.qmp import QMPClient
 from cloud import Cloud
 from overcast.cluster.drives import DriveService
 from overcast.cluster.exits import report_of_end
+from overcast.cluster.fleet import Fleet
+from overcast.cluster.hosts import HostService
 from overcast.cluster.imaging import Imager
 from overcast.cluster.resources import ResourceService
-from overcast.cluster.servers import Capacity, ServerService
+from overcast.cluster.servers import ServerService
 from overcast.cluster.users import UserService
 from overcast.host.agent import GuestEnd, HostAgent
 from overcast.host.client import LocalHost
@@ -60,6 +62,7 @@ from overcast.hypervisor.qemu import QemuDriver
 from overcast.hypervisor.spec import Accel, DiskSpec, GuestInfo, GuestSpec, NicSpec
 from overcast.model.drive import ClaimType, DriveChanges, DriveSpec
 from overcast.model.errors import BusyError, FullError, MissingError, UsageError
+from overcast.model.host import LOCAL
 from overcast.model.server import Server, ServerStatus
 from overcast.model.user import User
 from overcast.store import Store, migrate
@@ -212,15 +215,18 @@ class Local:
         self.agent = HostAgent(
             self.work / "run", self.driver, self._on_exit, ifprefix=self.ifprefix
         )
-        self.servers = ServerService(
-            self.store, self.pool, LocalHost(self.agent), Capacity(cpu=64_000, mem=64_000)
-        )
+        await HostService(self.store).register_local(cpu=64_000, mem=64_000)
+        fleet = Fleet(self.store, LocalHost(self.agent), "http://127.0.0.1:1", self._on_host_exit)
+        self.servers = ServerService(self.store, self.pool, fleet)
         await self.agent.adopt_all()
         await self.servers.reconcile()
 
     async def _on_exit(self, end: GuestEnd) -> None:
         self.ends.append(end)
-        await self.servers.host_exited(report_of_end(end))
+        await self.servers.host_exited(report_of_end(end, LOCAL))
+
+    async def _on_host_exit(self, host: str, end: GuestEnd) -> None:
+        await self.servers.host_exited(report_of_end(end, host))
 
     async def restart(self) -> None:
         """``overcast serve`` going away and coming back: guests run on."""

@@ -12,6 +12,12 @@ environment variables, then command-line options (each overriding the last).
     etcd = "http://10.0.0.1:2379,http://10.0.0.2:2379"   # many hosts: hold a lease
     host_id = "rack1-host4"     # this host's name in etcd [the machine's hostname]
     lease_ttl = 5               # seconds; guests are fenced before it ends
+    drives = "/srv/shared/drives"   # drive images, shared by every host [DATA/drives]
+    advertise = "http://10.0.0.5:8080"  # how other machines reach this one [http://LISTEN]
+    local_host = true           # run guests on this machine (a manager of hosts may not)
+    manager = "http://U:K@10.0.0.1:8080"  # a host agent: register with this manager,
+                                # whose admin credentials (U:K) it accepts as its own
+    failover_margin = 1.0       # seconds a manager waits after a lease ends (clock drift)
 """
 
 from __future__ import annotations
@@ -43,10 +49,25 @@ class Settings:
     etcd: tuple[str, ...] = ()
     host_id: str = ""
     lease_ttl: int = 5
+    #: Where drive images live; every host of a cloud must see the same files.
+    drives: Path | None = None
+    #: This process's URL as hosts and managers reach it (http://LISTEN by default).
+    advertise: str = ""
+    #: Whether this process runs guests itself (a manager of remote hosts may not).
+    local_host: bool = True
+    #: A host agent's manager (credentials in the URL): registered with at start.
+    manager: str = ""
+    #: How long a manager waits after a host's lease ended before reviving its guests.
+    failover_margin: float = 1.0
 
     @property
     def drives_dir(self) -> Path:
-        return self.data / "drives"
+        return self.drives if self.drives is not None else self.data / "drives"
+
+    @property
+    def url(self) -> str:
+        """This process's advertised URL, without a trailing slash."""
+        return (self.advertise or f"http://{self.listen}").rstrip("/")
 
     @property
     def host(self) -> str:
@@ -91,6 +112,11 @@ def load_settings(
         etcd=tuple(u.strip() for u in values.get("etcd", "").split(",") if u.strip()),
         host_id=values.get("host_id", "") or socket.gethostname(),
         lease_ttl=_ttl(values.get("lease_ttl", "5")),
+        drives=Path(values["drives"]).resolve() if values.get("drives") else None,
+        advertise=values.get("advertise", ""),
+        local_host=_bool("local_host", values.get("local_host", "true")),
+        manager=values.get("manager", "").rstrip("/"),
+        failover_margin=_seconds("failover_margin", values.get("failover_margin", "1")),
     )
     parse_listen(settings.listen)
     return settings
@@ -107,6 +133,11 @@ _KEYS = frozenset(
         "etcd",
         "host_id",
         "lease_ttl",
+        "drives",
+        "advertise",
+        "local_host",
+        "manager",
+        "failover_margin",
     }
 )
 

@@ -9,8 +9,10 @@ capacity and what running servers take of it.
 ``POST /hosts/exits`` takes a host's ``server.exit`` callback: the manager
 creates guests on a host with ``callback:exit`` pointing here (credentials
 in the URL's user part, sent as HTTP Basic), so each end reaches the
-manager through the host's outbox. An unknown or already ended server is
-acknowledged too: redelivery must end, and there is nothing left to do.
+manager through the host's outbox; ``?host=H`` names the reporting host
+(a report from a host that no longer holds the server is ignored). An
+unknown or already ended server is acknowledged too: redelivery must end,
+and there is nothing left to do.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ async def exits(request: Request) -> Response:
     body = await request.body()
     if len(body) > MAX_BODY:
         raise UsageError(f"request body is larger than {MAX_BODY} bytes")
-    await cloud_of(request).servers.host_exited(report_of_callback(body))
+    host = request.query_params.get("host")
+    await cloud_of(request).servers.host_exited(report_of_callback(body, host))
     return no_content()
 
 

@@ -10,9 +10,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import httpx
 
 from overcast.cluster.drives import DriveService
 from overcast.cluster.exits import report_of_end
+from overcast.cluster.failover import Failover
+from overcast.cluster.fleet import Fleet
 from overcast.cluster.hosts import HostService
 from overcast.cluster.imaging import Imager
 from overcast.cluster.resources import ResourceService
@@ -29,6 +34,7 @@ from overcast.host.lease import HostLease, guest_killer
 from overcast.host.pool import Pool
 from overcast.hypervisor.kvm import choose_accel
 from overcast.hypervisor.qemu import QemuDriver
+from overcast.model.host import LOCAL
 from overcast.model.server import MHZ_PER_CORE
 from overcast.model.user import User
 from overcast.store import Store, migrate
@@ -66,9 +72,13 @@ class Cloud:
         self.servers: ServerService
 
         self.host: HostClient | None = None
+        self.fleet: Fleet | None = None
         #: With ``etcd`` set: this host's lease, the right to run guests.
         self.lease: HostLease | None = None
+        #: With ``etcd`` set on a manager: the failover of its hosts.
+        self.failover: Failover | None = None
         self._etcd: Etcd | None = None
+        self._registration: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, background: bool = True) -> Cloud:
@@ -95,40 +105,105 @@ class Cloud:
         verdict = await choose_accel(self.settings.data / "kvm")
         log.info("accelerator %s: %s", verdict.accel, verdict.reason)
 
-        async def on_exit(end: GuestEnd) -> None:
-            await self.servers.host_exited(report_of_end(end))
+        async def on_exit(host: str, end: GuestEnd) -> None:
+            await self.servers.host_exited(report_of_end(end, host))
 
-        if self.settings.etcd:
-            self.lease = await self._hold_lease()
-        agent = HostAgent(
-            self.settings.data / "run", QemuDriver(verdict.accel), on_exit, gate=self.lease
-        )
-        self.host = LocalHost(agent)
-        capacity = _local_capacity()
-        await self.hosts.register_local(capacity.cpu, capacity.mem)
+        async def on_local_exit(end: GuestEnd) -> None:
+            await on_exit(LOCAL, end)
+
+        settings = self.settings
+        if settings.etcd:
+            self._etcd = Etcd(settings.etcd)
+        agent: HostAgent | None = None
+        if settings.local_host:
+            if self._etcd is not None:
+                self.lease = await self._hold_lease(self._etcd)
+            agent = HostAgent(
+                settings.data / "run", QemuDriver(verdict.accel), on_local_exit, gate=self.lease
+            )
+            self.host = LocalHost(agent)
+            capacity = _local_capacity()
+            await self.hosts.register_local(capacity.cpu, capacity.mem)
+        self.fleet = Fleet(self.store, self.host, settings.url, on_exit)
         self.servers = ServerService(
             self.store,
             self.pool,
-            self.host,
-            capacity,
+            self.fleet,
             check_callback=self._check_callback,
             on_event=self._event_committed,
         )
-        await agent.adopt_all()
-        await self.servers.reconcile()
+        if agent is not None:
+            await agent.adopt_all()
+            await self.servers.reconcile()
+        if settings.manager:
+            await self._serve_manager(settings.manager)
+        elif self._etcd is not None:
+            self.failover = Failover(
+                self._etcd,
+                self.store,
+                self.servers,
+                self.fleet,
+                me=settings.url,
+                ttl=settings.lease_ttl,
+                margin=settings.failover_margin,
+            )
+            self.fleet.alive = self.failover.alive
+            self.servers.on_fenced = self.failover.fenced
+            await asyncio.wait_for(self.failover.start(), LEASE_JOIN_TIMEOUT)
 
-    async def _hold_lease(self) -> HostLease:
+    async def _serve_manager(self, manager: str) -> None:
+        """A host agent: accept the manager's admin credentials as this
+        host's own, and register with the manager (in the background until
+        it answers: a manager outage must not stop a host)."""
+        creds = urlsplit(manager)
+        if not creds.username or not creds.password:
+            raise ValueError("setting manager: the URL needs the admin credentials (http://U:K@…)")
+        await self.users.ensure_admin(unquote(creds.username), unquote(creds.password))
+        self._registration = asyncio.create_task(self._register(manager), name="register")
+
+    async def _register(self, manager: str) -> None:
+        parts = urlsplit(manager)
+        me = urlsplit(self.settings.url)
+        url = urlunsplit(me._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@{me.netloc}"))
+        capacity = _local_capacity()
+        keys = {
+            "url": url,
+            "cpu": str(capacity.cpu),
+            "mem": str(capacity.mem),
+            "name": self.settings.host_id,
+        }
+        body = "".join(f"{k} {v}\n" for k, v in keys.items())
+        base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+        async with httpx.AsyncClient(base_url=base, auth=auth, timeout=10) as client:
+            while True:
+                try:
+                    reply = await client.post("/hosts/create", content=body)
+                except httpx.TransportError as err:
+                    log.warning("cannot reach manager %s: %s; trying again", base, err)
+                else:
+                    if reply.status_code in (200, 409):  # 409: registered before
+                        log.info("registered with manager %s", base)
+                        return
+                    log.warning(
+                        "manager %s refused registration: %s %s",
+                        base,
+                        reply.status_code,
+                        reply.headers.get("x-elastic-error", ""),
+                    )
+                await asyncio.sleep(2.0)
+
+    async def _hold_lease(self, etcd: Etcd) -> HostLease:
         """Join etcd (or take back the lease a previous run left valid) and
         make sure the watchdog runs, before any guest is adopted or started:
         a host that cannot hold a lease runs no guests."""
         settings = self.settings
-        self._etcd = Etcd(settings.etcd)
         lease = HostLease(
-            self._etcd,
+            etcd,
             settings.host_id,
             settings.data,
             guest_killer(settings.data / "run"),
-            advertise=f"http://{settings.listen}",
+            advertise=settings.url,
             ttl=settings.lease_ttl,
         )
         await asyncio.wait_for(lease.start(), LEASE_JOIN_TIMEOUT)
@@ -157,7 +232,14 @@ class Cloud:
         try:
             await self.ledger.stop()
             await self.deliverer.stop()
-            if self.host is not None:
+            if self._registration is not None:
+                self._registration.cancel()
+                await asyncio.gather(self._registration, return_exceptions=True)
+            if self.failover is not None:
+                await self.failover.close()
+            if self.fleet is not None:
+                await self.fleet.close()
+            elif self.host is not None:
                 await self.host.close()
             # Kept, not revoked: a restart within the TTL takes it back and the
             # guests run on; otherwise the watchdog fences them.

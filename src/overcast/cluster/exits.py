@@ -16,11 +16,11 @@ import json
 import math
 from dataclasses import dataclass
 
-from overcast.host.agent import GuestEnd
+from overcast.host.agent import FENCED, GuestEnd
 from overcast.model.errors import UsageError
 from overcast.model.keys import parse_uuid
 
-__all__ = ["ExitReport", "report_of_callback", "report_of_end"]
+__all__ = ["FENCED", "ExitReport", "report_of_callback", "report_of_end"]
 
 
 @dataclass(frozen=True)
@@ -35,17 +35,21 @@ class ExitReport:
     started: float | None = None
     #: The host's event id, for the log.
     event: str | None = None
+    #: The reporting host's id (None: this process's own host): a report by
+    #: a host that no longer holds the server is about a run it lost.
+    host: str | None = None
 
 
-def report_of_end(end: GuestEnd) -> ExitReport:
-    """This machine's agent: it reports the run that is current."""
-    return ExitReport(end.server, end.reason, end.at)
+def report_of_end(end: GuestEnd, host: str | None = None) -> ExitReport:
+    """An end seen first-hand on ``host`` (this machine's agent, or a
+    manager's ``stop`` on a remote host): it is the current run's."""
+    return ExitReport(end.server, end.reason, end.at, host=host)
 
 
-def report_of_callback(body: bytes) -> ExitReport:
+def report_of_callback(body: bytes, host: str | None = None) -> ExitReport:
     """A host's ``server.exit`` callback body (see
-    :func:`overcast.events.outbox.payload`); :class:`UsageError` if it is
-    not one."""
+    :func:`overcast.events.outbox.payload`), sent by ``host``;
+    :class:`UsageError` if it is not one."""
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -73,4 +77,5 @@ def report_of_callback(body: bytes) -> ExitReport:
         at=float(at),
         started=started_at,
         event=event if isinstance(event, str) else None,
+        host=host,
     )

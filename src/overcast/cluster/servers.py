@@ -43,7 +43,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
-from overcast.cluster.exits import ExitReport
+from overcast.cluster.exits import FENCED, ExitReport
+from overcast.cluster.fleet import Fleet
 from overcast.host.agent import UNOBSERVED
 from overcast.host.client import HostClient
 from overcast.host.pool import Pool
@@ -86,7 +87,9 @@ from overcast.store.engine import Tx
 
 __all__ = ["CallbackCheck", "Capacity", "EventSink", "ServerService"]
 
-GuestVerb = Callable[[str], Awaitable[None]]
+GuestVerb = Callable[[HostClient, str], Awaitable[None]]
+#: Told that server S was fenced on host H at T (the failover revives it).
+FenceSink = Callable[[str, str, float], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +143,18 @@ class ServerService:
         self,
         store: Store,
         pool: Pool,
-        host: HostClient,
-        capacity: Capacity,
+        fleet: Fleet,
         *,
         check_callback: CallbackCheck = _any_url,
         on_event: EventSink = _nothing,
     ) -> None:
         self.store = store
         self.pool = pool
-        self.host = host
-        self.capacity = capacity
+        self.fleet = fleet
         self.check_callback = check_callback
         self.on_event = on_event
+        #: With failover on: a fenced guest is revived, not ended.
+        self.on_fenced: FenceSink | None = None
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # -- reads -------------------------------------------------------------
@@ -174,7 +177,7 @@ class ServerService:
         record = dict(server_info(server))
         if server.status in (ServerStatus.ACTIVE, ServerStatus.PAUSED):
             try:
-                running = await self.host.info(server.uuid)
+                running = await (await self.fleet.client(server.host)).info(server.uuid)
             except OvercastError:
                 return record
             rx = tx = rxp = txp = 0
@@ -199,33 +202,58 @@ class ServerService:
         self, user: User, keys: Keys, *, stopped: bool = False, uuid: str | None = None
     ) -> Server:
         """``uuid``: the id to give the server (a manager creating, on a host,
-        the server it already numbered); :class:`BusyError` if taken."""
+        the server it already numbered); :class:`BusyError` if taken.
+
+        An administrator's create with a given id is a manager's create on
+        its host (*trusted*): drives it names may exist only as images in
+        the shared pool and VLANs and addresses only in the manager's store,
+        whose claims and checks were made there; ``shared`` says which
+        drives to open shareable."""
         spec = parse_server_spec(keys)
+        trusted = user.admin and uuid is not None
         if spec.callback_exit is not None:
             await self.check_callback(user, spec.callback_exit)
         if spec.host is not None and not user.admin:
             raise UsageError("host: only administrators may pin a server to a host")
-        if spec.host is not None and spec.host != LOCAL_HOST:
-            raise MissingError(f"no host {spec.host}")
+        if spec.shared and not trusted:
+            raise UsageError("shared: only a manager creating on its host may name shared drives")
         uuid = str(_uuid.uuid4()) if uuid is None else parse_uuid("server", uuid)
         config = _config(keys)
         status = ServerStatus.STOPPED if stopped else ServerStatus.STARTING
         async with self.store.write() as tx:
             if await rows.get_server(tx, uuid, lock=True) is not None:
                 raise BusyError(f"server {uuid} exists already")
-            claims = await self._claims(tx, user, spec)
-            nics = await self._nics(tx, user, spec)
+            claims, untracked = await self._claims(tx, user, spec, trusted=trusted)
+            nics = await self._nics(tx, user, spec, trusted=trusted)
+            host = LOCAL_HOST
             if not stopped:
                 await self._check_room(tx, user, spec)
-            server = Server(uuid, user.uuid, config, status, LOCAL_HOST, nics)
-            await rows.insert_server(tx, server, () if stopped else claims)
+                host = await self.fleet.place(tx, spec)
+            server = Server(uuid, user.uuid, config, status, host, nics)
+            await rows.insert_server(
+                tx, server, () if stopped else [c for c in claims if c.drive not in untracked]
+            )
         if stopped:
             return await self._reread(uuid)
         return await self._run(server, claims)
 
-    async def _claims(self, tx: Tx, user: User, spec: ServerSpec) -> list[rows.Claim]:
-        """Check every drive and the claims on it; the drives stay locked."""
-        return [await self._claim(tx, user, device) for device in spec.devices]
+    async def _claims(
+        self, tx: Tx, user: User, spec: ServerSpec, *, trusted: bool = False
+    ) -> tuple[list[rows.Claim], set[str]]:
+        """Check every drive and the claims on it; the drives stay locked.
+        Also the drives a trusted create names that this store does not
+        know (their claims are the manager's: none is recorded here)."""
+        claims, untracked = [], set()
+        for device in spec.devices:
+            if trusted and await drive_rows.get_drive(tx, device.drive) is None:
+                if not self.pool.path(device.drive).is_file():
+                    raise MissingError(f"{device.name}: no drive {device.drive} in the pool")
+                exclusive = device.drive not in spec.shared
+                claims.append(rows.Claim(device.drive, device.name, exclusive))
+                untracked.add(device.drive)
+            else:
+                claims.append(await self._claim(tx, user, device))
+        return claims, untracked
 
     async def _claim(self, tx: Tx, user: User, device: DeviceSpec) -> rows.Claim:
         """Check one drive and the claims on it (the drive stays locked)."""
@@ -251,7 +279,13 @@ class ServerService:
         return rows.Claim(drive.uuid, device.name, exclusive)
 
     async def _nics(
-        self, tx: Tx, user: User, spec: ServerSpec, keep: tuple[Nic, ...] = ()
+        self,
+        tx: Tx,
+        user: User,
+        spec: ServerSpec,
+        keep: tuple[Nic, ...] = (),
+        *,
+        trusted: bool = False,
     ) -> tuple[Nic, ...]:
         """Realise the NICs: check VLANs, MACs and addresses; a NIC without a
         MAC gets a new one, or keeps its MAC from ``keep`` (same slot and
@@ -259,6 +293,10 @@ class ServerService:
         kept = {(n.index, n.vlan): n.mac for n in keep}
         nics = []
         for nic in spec.nics:
+            if trusted and nic.mac is not None:  # the manager's NIC, checked there
+                ip = nic.dhcp if nic.dhcp != "auto" else None
+                nics.append(Nic(nic.index, nic.model, nic.mac, nic.vlan, ip))
+                continue
             if nic.vlan is not None:
                 vlan = await resource_rows.get_vlan(tx, nic.vlan)
                 if vlan is None or vlan.user != user.uuid:
@@ -300,9 +338,6 @@ class ServerService:
         quota.check("servers", count, 1)
         quota.check("cpu", cpu, spec.cpu)
         quota.check("mem", mem, spec.mem)
-        _hcpu, hmem, _n = await rows.host_usage(tx, LOCAL_HOST)
-        if hmem + spec.mem > self.capacity.mem:
-            raise FullError(f"no host has {spec.mem} MiB of memory free")
 
     async def _run(
         self, server: Server, claims: list[rows.Claim], *, restart: bool = False
@@ -315,7 +350,8 @@ class ServerService:
         shared = {c.drive for c in claims if not c.exclusive}
         try:
             guest = self._guest(server, shared)
-            running = await self.host.start(guest, [n.vlan for n in server.nics])
+            client = await self.fleet.client(server.host)
+            running = await client.start(guest, [n.vlan for n in server.nics])
         except BaseException:
             async with self.store.write() as tx:
                 if restart:  # the server existed before: it stays, stopped
@@ -338,7 +374,7 @@ class ServerService:
         # running for a deleted row would run for nobody: end it.
         if current is None:
             with contextlib.suppress(OvercastError):
-                await self.host.stop(server.uuid)
+                await client.stop(server.uuid)
             raise FailedError(f"server {server.uuid} ended while it was being started")
         return current
 
@@ -398,9 +434,10 @@ class ServerService:
                 raise BusyError(f"server {uuid} is not stopped")
             # The configuration as it is now (a drive may have been attached
             # since it was read above).
-            claims = await self._claims(tx, user, current.spec)
+            claims, _ = await self._claims(tx, user, current.spec)
             await rows.take_claims(tx, server.uuid, claims)
             await self._check_room(tx, user, current.spec)
+            await rows.set_host(tx, server.uuid, await self.fleet.place(tx, current.spec))
             # ``started`` set on a starting row marks a restart, not a create:
             # after a crash the reconciler stops it again instead of deleting it.
             await rows.set_status(tx, server.uuid, ServerStatus.STARTING, started=time.time())
@@ -412,12 +449,10 @@ class ServerService:
             raise BusyError(f"server {uuid} is not running")
         return server
 
-    async def _on_guest(
-        self, user: User, uuid: str, verb: Callable[[str], Awaitable[None]]
-    ) -> None:
+    async def _on_guest(self, user: User, uuid: str, verb: GuestVerb) -> None:
         server = await self._running(user, uuid)
         try:
-            await verb(server.uuid)
+            await verb(await self.fleet.client(server.host), server.uuid)
         except MissingError:
             # The store still says active but the guest has just ended: its
             # end is being processed. Not running is the caller's answer.
@@ -434,23 +469,25 @@ class ServerService:
                 f"server {uuid} is paused and cannot see its power button: "
                 "resume it first, or stop it"
             )
-        await self._on_guest(user, uuid, self.host.powerdown)
+        await self._on_guest(user, uuid, _verb("powerdown"))
 
     async def stop(self, user: User, uuid: str) -> None:
         """Power off now; returns once the end has been processed."""
-        await self._on_guest(user, uuid, self.host.stop)
+        await self._on_guest(user, uuid, _verb("stop"))
 
     async def reset(self, user: User, uuid: str) -> None:
         """Hard reset. Not while paused: QEMU would leave the guest in its
         pre-start state until resumed; resume it first, or stop it."""
         if (await self.owned(user, uuid)).status is ServerStatus.PAUSED:
             raise BusyError(f"server {uuid} is paused: resume it first, or stop it")
-        await self._on_guest(user, uuid, self.host.reset)
+        await self._on_guest(user, uuid, _verb("reset"))
 
     async def destroy(self, user: User, uuid: str) -> None:
         server = await self.owned(user, uuid)
-        if server.uuid in await self.host.running():
-            await self.host.stop(server.uuid)
+        if server.status is not ServerStatus.STOPPED:
+            client = await self.fleet.client(server.host)
+            if server.uuid in await client.running():
+                await client.stop(server.uuid)
         async with self.store.write() as tx:
             await rows.delete_server(tx, server.uuid)
 
@@ -510,7 +547,7 @@ class ServerService:
         if running and (
             spec.cpu != server.spec.cpu or spec.vnc_password != server.spec.vnc_password
         ):
-            await self.host.update(
+            await (await self.fleet.client(server.host)).update(
                 server.uuid,
                 cpu_mhz=spec.cpu if spec.cpu != server.spec.cpu else None,
                 vnc_password=spec.vnc_password
@@ -533,6 +570,15 @@ class ServerService:
                 if server is None:
                     log.info("exit of server %s: no such server (done before)", report.server)
                 return
+            if report.host is not None and report.host != server.host:
+                log.warning(
+                    "exit report %s of server %s by host %s ignored: it runs on %s",
+                    report.event,
+                    report.server,
+                    report.host,
+                    server.host,
+                )
+                return
             if (
                 report.started is not None
                 and server.started is not None
@@ -545,43 +591,119 @@ class ServerService:
                     report.server,
                 )
                 return
-            # An end seen only afterwards is known by a lower bound (the
-            # host's last sign of life), which may precede this run's start;
-            # the guest ran at least from then.
-            at = max(report.at, server.started or report.at)
-            await usage_rows.bill_server(tx, server.uuid, at, "exit")
-            await event_rows.append_event(
-                tx,
-                type="server.exit",
-                user=server.user,
-                server=server.uuid,
-                reason=report.reason,
-                at=at,
-                body=server_info(server),
-                callback=server.spec.callback_exit,
-            )
-            if server.spec.persistent:
-                await rows.release_claims(tx, server.uuid)
-                await rows.set_vnc(tx, server.uuid, None, None)
-                await rows.set_status(tx, server.uuid, ServerStatus.STOPPED)
-            else:
-                await rows.delete_server(tx, server.uuid)
+            # This process's own host is not failed over: its fenced guest ends.
+            remote = server.host != LOCAL_HOST
+            revive = self.on_fenced if report.reason == FENCED and remote else None
+            if revive is None:
+                await self._ended(tx, server, report)
+        if revive is not None:
+            # Not the guest's end: its host lost the right to run it. The
+            # server lives on, revived elsewhere.
+            log.warning("server %s was fenced on host %s: reviving it", server.uuid, server.host)
+            await revive(server.uuid, server.host, report.at)
+            return
         log.info("server %s ended (%s)", report.server, report.reason)
         await self.on_event()
+
+    async def _ended(self, tx: Tx, server: Server, report: ExitReport) -> None:
+        """Bill, announce and delete (or stop) the server of an ended run."""
+        # An end seen only afterwards is known by a lower bound (the
+        # host's last sign of life), which may precede this run's start;
+        # the guest ran at least from then.
+        at = max(report.at, server.started or report.at)
+        await usage_rows.bill_server(tx, server.uuid, at, "exit")
+        await event_rows.append_event(
+            tx,
+            type="server.exit",
+            user=server.user,
+            server=server.uuid,
+            reason=report.reason,
+            at=at,
+            body=server_info(server),
+            callback=server.spec.callback_exit,
+        )
+        if server.spec.persistent:
+            await rows.release_claims(tx, server.uuid)
+            await rows.set_vnc(tx, server.uuid, None, None)
+            await rows.set_status(tx, server.uuid, ServerStatus.STOPPED)
+        else:
+            await rows.delete_server(tx, server.uuid)
+
+    async def revive(self, uuid: str, lost: str, to: str, lost_at: float) -> bool:
+        """Start server ``uuid``, whose host ``lost`` lost the right to run
+        it at ``lost_at``, on host ``to``: the same drives, NICs and MACs (a
+        hard reset from the guest's view). The caller holds the guest's etcd
+        key for ``to``. False if the server no longer runs on ``lost``.
+
+        The guest starts before the record moves: a revival cut short is
+        found again (the record still names ``lost``) and finished, and a
+        start that finds the guest already running there counts. The old
+        run is billed until ``lost_at``, the new one from its start, and a
+        ``server.revive`` event is committed with the move.
+        """
+        async with self.store.read() as tx:
+            server = await rows.get_server(tx, uuid)
+            held = await rows.server_claims(tx, uuid) if server is not None else []
+        if server is None or server.host != lost or server.status not in _RUN_STATES.values():
+            return False
+        client = await self.fleet.client(to)
+        guest = self._guest(server, {c.drive for c in held if not c.exclusive})
+        try:
+            running = await client.start(guest, [n.vlan for n in server.nics])
+            vnc = running.vnc
+        except BusyError:
+            if uuid not in await client.running():
+                raise
+            vnc = (await client.info(uuid)).vnc
+        started = time.time()
+        async with self.store.write() as tx:
+            current = await rows.get_server(tx, uuid, lock=True)
+            moved = (
+                current is not None
+                and current.host == lost
+                and current.status in _RUN_STATES.values()
+            )
+            if current is not None and moved:
+                await usage_rows.bill_server(tx, uuid, lost_at, "revive")
+                await rows.set_host(tx, uuid, to)
+                await rows.set_status(tx, uuid, ServerStatus.ACTIVE, started=started)
+                await rows.set_vnc(tx, uuid, vnc.ip if vnc else None, vnc.port if vnc else None)
+                revived = await rows.get_server(tx, uuid) or current
+                await event_rows.append_event(
+                    tx,
+                    type="server.revive",
+                    user=revived.user,
+                    server=uuid,
+                    reason="host-lost",
+                    at=started,
+                    body=server_info(revived),
+                    callback=revived.spec.callback_exit,
+                )
+        if not moved:  # stopped or destroyed meanwhile: the new guest runs for nobody
+            with contextlib.suppress(OvercastError):
+                await client.stop(uuid)
+            return False
+        log.warning("server %s revived on host %s (host %s was lost)", uuid, to, lost)
+        await self.on_event()
+        return True
 
     async def reconcile(self) -> None:
         """After a restart: servers the store thinks run but the host does
         not were ended meanwhile; a create interrupted before its guest ran
         is rolled back, one whose guest runs is completed; a guest with no
         running server to justify it is stopped (the row is the right to
-        run)."""
-        running = await self.host.running()
+        run). Only this process's own host: a remote host reconciles itself,
+        and reports ends through its outbox."""
+        local = self.fleet.local
+        if local is None:
+            return
+        running = await local.running()
         async with self.store.read() as tx:
             servers = await rows.servers_on_host(tx, LOCAL_HOST)
         justified = {s.uuid for s in servers if s.status is not ServerStatus.STOPPED}
         for orphan in sorted(running - justified):
             log.warning("guest %s runs without a running server: stopping it", orphan)
-            await self.host.stop(orphan)
+            await local.stop(orphan)
         for server in servers:
             if server.status is ServerStatus.STOPPED:
                 continue
@@ -611,7 +733,7 @@ class ServerService:
         dropped with its claim (its attach never finished, or its detach
         did). A guest that cannot be asked is left as it is."""
         try:
-            guest = (await self.host.info(server.uuid)).info
+            guest = (await (await self.fleet.client(server.host)).info(server.uuid)).info
         except OvercastError as err:
             log.warning("server %s: cannot compare with its guest: %s", server.uuid, err)
             return
@@ -653,12 +775,12 @@ class ServerService:
         It keeps its host, devices and claims and is billed as running.
         :class:`BusyError` unless the server is active.
         """
-        return await self._switch(user, uuid, ServerStatus.PAUSED, self.host.pause)
+        return await self._switch(user, uuid, ServerStatus.PAUSED, _verb("pause"))
 
     async def resume(self, user: User, uuid: str) -> Server:
         """Let a paused guest run again (QEMU ``cont``). :class:`BusyError`
         unless the server is paused."""
-        return await self._switch(user, uuid, ServerStatus.ACTIVE, self.host.resume)
+        return await self._switch(user, uuid, ServerStatus.ACTIVE, _verb("resume"))
 
     async def _switch(self, user: User, uuid: str, to: ServerStatus, verb: GuestVerb) -> Server:
         before = ServerStatus.ACTIVE if to is ServerStatus.PAUSED else ServerStatus.PAUSED
@@ -666,7 +788,8 @@ class ServerService:
             server = await self.owned(user, uuid)
             if server.status is not before:
                 raise BusyError(f"server {uuid} is {server.status.value}, not {before.value}")
-            await self._on_host(server.uuid, verb(server.uuid))
+            client = await self.fleet.client(server.host)
+            await self._on_host(server.uuid, verb(client, server.uuid))
             async with self.store.write() as tx:
                 current = await rows.get_server(tx, server.uuid, lock=True)
                 # Not so any more: the guest ended meanwhile and its end was processed.
@@ -711,7 +834,8 @@ class ServerService:
             if running:
                 disk = self._disk(wanted, None, shared=not claim.exclusive)
                 try:
-                    await self._on_host(server.uuid, self.host.attach_disk(server.uuid, disk))
+                    client = await self.fleet.client(server.host)
+                    await self._on_host(server.uuid, client.attach_disk(server.uuid, disk))
                 except BaseException:
                     await self._forget(server.uuid, lambda c: _without_device(c, name), name)
                     raise
@@ -731,7 +855,8 @@ class ServerService:
                 raise MissingError(f"server {uuid} has no drive on {name}")
             running = _hotplug_target(server, name, bus)
             if running:
-                await self._on_host(server.uuid, self.host.detach_disk(server.uuid, name))
+                client = await self.fleet.client(server.host)
+                await self._on_host(server.uuid, client.detach_disk(server.uuid, name))
             await self._forget(
                 server.uuid, lambda c: _without_device(c, name), name, stopped=not running
             )
@@ -772,8 +897,9 @@ class ServerService:
                 raise BusyError(f"{prefix}: its MAC or address was just taken; try again") from err
             if running:
                 try:
+                    client = await self.fleet.client(server.host)
                     await self._on_host(
-                        server.uuid, self.host.attach_nic(server.uuid, _nic_spec(nic), nic.vlan)
+                        server.uuid, client.attach_nic(server.uuid, _nic_spec(nic), nic.vlan)
                     )
                 except BaseException:
                     await self._forget(server.uuid, lambda c: _without_nic(c, index), nic=index)
@@ -789,7 +915,8 @@ class ServerService:
                 raise MissingError(f"server {uuid} has no nic:{index}")
             running = _hotplug_target(server, f"nic:{index}", None)
             if running:
-                await self._on_host(server.uuid, self.host.detach_nic(server.uuid, index))
+                client = await self.fleet.client(server.host)
+                await self._on_host(server.uuid, client.detach_nic(server.uuid, index))
             await self._forget(
                 server.uuid, lambda c: _without_nic(c, index), nic=index, stopped=not running
             )
@@ -835,6 +962,16 @@ class ServerService:
             lock = self._locks[uuid] = asyncio.Lock()
         async with lock:
             yield
+
+
+def _verb(name: str) -> GuestVerb:
+    """Host verb ``name`` on whichever client runs the guest (a method of
+    the protocol class would run the protocol's body, not the client's)."""
+
+    async def call(client: HostClient, server: str) -> None:
+        await getattr(client, name)(server)
+
+    return call
 
 
 #: QMP run states that are a server's, and the status each means.

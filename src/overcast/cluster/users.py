@@ -76,6 +76,21 @@ class UserService:
                 user = User(user.uuid, user.name, user.admin, quota)
         return user, key
 
+    async def ensure_admin(self, uuid: str, key: str, name: str = "manager") -> User:
+        """An administrator ``uuid`` whose key is ``key``: how a host agent
+        accepts its manager's credentials as its own (``manager`` setting)."""
+        uuid = parse_uuid("manager user", uuid)
+        async with self.store.write() as conn:
+            user = await rows.get_user(conn, uuid, lock=True)
+            if user is None:
+                user = await rows.insert_user(conn, name, digest_key(key), admin=True, uuid=uuid)
+            elif not user.admin:
+                raise BusyError(f"user {uuid} exists and is not an administrator")
+            else:
+                await rows.set_user_key(conn, uuid, digest_key(key))
+        self._forget()
+        return user
+
     async def get(self, uuid: str) -> User:
         async with self.store.read() as conn:
             user = await rows.get_user(conn, parse_uuid("user", uuid))

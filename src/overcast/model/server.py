@@ -105,6 +105,9 @@ class ServerSpec:
     avoid_servers: tuple[str, ...] = ()
     callback_exit: str | None = None
     host: str | None = None
+    #: Privileged (a manager creating on its host): the drives to open
+    #: shareable, whose claims the manager holds and the host cannot see.
+    shared: tuple[str, ...] = ()
 
 
 _DEVICE = re.compile(r"(ide):([01]):([01])|(scsi):(0):([0-7])|(block):([0-7])")
@@ -128,6 +131,7 @@ _SIMPLE = frozenset(
         "avoid:servers",
         "callback:exit",
         "host",
+        "shared",
     }
 )
 #: What info shows and a client may echo back; ignored on input.
@@ -278,6 +282,7 @@ def parse_server_spec(keys: Keys) -> ServerSpec:
         avoid_servers=parse_uuid_list("avoid:servers", keys.get("avoid:servers", "")),
         callback_exit=_callback(keys["callback:exit"]) if "callback:exit" in keys else None,
         host=keys["host"].strip() if "host" in keys else None,
+        shared=parse_uuid_list("shared", keys.get("shared", "")),
     )
 
 

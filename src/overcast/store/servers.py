@@ -35,7 +35,9 @@ __all__ = [
     "delete_server",
     "drive_claims",
     "get_server",
+    "host_loads",
     "host_usage",
+    "hosts_running",
     "insert_server",
     "ip_in_use",
     "list_servers",
@@ -43,7 +45,9 @@ __all__ = [
     "release_claim",
     "release_claims",
     "remove_nic",
+    "server_claims",
     "servers_on_host",
+    "set_host",
     "set_run_state",
     "set_status",
     "set_vnc",
@@ -283,6 +287,16 @@ async def drive_claims(tx: Tx, drive: str) -> list[DriveClaim]:
     return [DriveClaim(r.server, r.device, r.exclusive) for r in rows]
 
 
+async def server_claims(tx: Tx, server: str) -> list[Claim]:
+    """The claims a server holds (a revival starts it with the same)."""
+    rows = await tx.execute(
+        sa.select(claims.c.drive, claims.c.device, claims.c.exclusive).where(
+            claims.c.server == server
+        )
+    )
+    return [Claim(r.drive, r.device, r.exclusive) for r in rows]
+
+
 async def _sums(tx: Tx, where: sa.ColumnElement[bool]) -> Any:
     query = sa.select(
         sa.func.count().label("servers"),
@@ -303,6 +317,46 @@ async def host_usage(tx: Tx, host: str) -> tuple[int, int, int]:
     """(cpu, mem, servers) taken on a host by servers that are not stopped."""
     row = await _sums(tx, servers.c.host == host)
     return int(row.cpu), int(row.mem), int(row.servers)
+
+
+async def host_loads(tx: Tx) -> dict[str, tuple[int, int, int]]:
+    """host → (cpu, mem, servers) taken by servers that are not stopped, for
+    every host that runs any: placement's view, in one query."""
+    query = (
+        sa.select(
+            servers.c.host,
+            sa.func.count().label("servers"),
+            sa.func.coalesce(sa.func.sum(servers.c.cpu), 0).label("cpu"),
+            sa.func.coalesce(sa.func.sum(servers.c.mem), 0).label("mem"),
+        )
+        .where(servers.c.status != ServerStatus.STOPPED.value)
+        .group_by(servers.c.host)
+    )
+    return {r.host: (int(r.cpu), int(r.mem), int(r.servers)) for r in await tx.execute(query)}
+
+
+async def hosts_running(tx: Tx, uuids: Iterable[str], drives: Iterable[str]) -> set[str]:
+    """The hosts running any of the servers ``uuids``, or a server that
+    claims any of ``drives``: where ``avoid:servers``/``avoid:drives`` forbid."""
+    uuids, drives = list(uuids), list(drives)
+    running = servers.c.status != ServerStatus.STOPPED.value
+    found: set[str] = set()
+    if uuids:
+        query = sa.select(servers.c.host).where(servers.c.uuid.in_(uuids), running)
+        found |= {r.host for r in await tx.execute(query)}
+    if drives:
+        query = (
+            sa.select(servers.c.host)
+            .join(claims, claims.c.server == servers.c.uuid)
+            .where(claims.c.drive.in_(drives), running)
+        )
+        found |= {r.host for r in await tx.execute(query)}
+    return found
+
+
+async def set_host(tx: Tx, uuid: str, host: str) -> None:
+    """Move a server's record to another host (a revival)."""
+    await tx.execute(servers.update().where(servers.c.uuid == uuid).values(host=host))
 
 
 async def vnc_ports(tx: Tx, host: str) -> set[int]:
