@@ -24,9 +24,7 @@ __all__ = ["Cloud", "admin", "cloud", "free_port", "new_user", "start_cloud", "u
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port_on()
 
 
 @dataclass
@@ -63,22 +61,36 @@ def _overcast(*args: str) -> list[str]:
 TEST_SETTINGS = {"OVERCAST_CALLBACK_PRIVATE": "true"}
 
 
-def start_cloud(data: Path, store: str | None = None, env: dict[str, str] | None = None) -> Cloud:
-    """``overcast serve`` on a free loopback port; ``env`` adds or overrides
-    ``OVERCAST_*`` settings (see :data:`TEST_SETTINGS`)."""
-    port = free_port()
+def free_port_on(address: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+def start_cloud(
+    data: Path,
+    store: str | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    address: str = "127.0.0.1",
+    port: int | None = None,
+) -> Cloud:
+    """``overcast serve`` on a free port of ``address`` (loopback, or a test
+    network's address); ``env`` adds or overrides ``OVERCAST_*`` settings
+    (see :data:`TEST_SETTINGS`)."""
+    port = port or free_port_on(address)
     log = data.parent / f"{data.name}.log"
-    cmd = _overcast("serve", "--data", str(data), "--listen", f"127.0.0.1:{port}")
+    cmd = _overcast("serve", "--data", str(data), "--listen", f"{address}:{port}")
     if store:
         cmd += ["--store", store]
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:  # a restarted cloud's log goes on
         proc = subprocess.Popen(
             cmd,
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **TEST_SETTINGS, **(env or {})},
         )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{address}:{port}"
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:

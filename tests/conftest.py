@@ -1,1 +1,1 @@
-pytest_plugins = ["pg", "cloud", "stores", "qemus", "receiver", "etcd"]
+pytest_plugins = ["pg", "cloud", "stores", "qemus", "receiver", "etcd", "netns"]

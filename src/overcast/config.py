@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,8 +88,12 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def load_settings(
-    data: Path | None = None, listen: str | None = None, store: str | None = None
+    data: Path | None = None,
+    listen: str | None = None,
+    store: str | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> Settings:
+    """``overrides``: settings given on the command line (they win)."""
     data_dir = (data or Path(os.environ.get("OVERCAST_DATA", "./var"))).resolve()
     file = Path(os.environ.get("OVERCAST_CONFIG", data_dir / "overcast.toml"))
     values: dict[str, str] = {}
@@ -98,6 +103,7 @@ def load_settings(
     for key in _KEYS:
         if env := os.environ.get(f"OVERCAST_{key.upper()}"):
             values[key] = env
+    values.update(overrides or {})
     unknown = values.keys() - _KEYS
     if unknown:
         raise ValueError(f"{file}: unknown setting(s) {', '.join(sorted(unknown))}")

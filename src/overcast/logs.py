@@ -41,3 +41,5 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     # Alembic narrates every migration step at INFO; only problems matter.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # One line per request (lease renewals every second, callbacks): noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

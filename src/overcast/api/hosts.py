@@ -3,7 +3,8 @@
 ``/hosts/list``, ``/hosts/info``, ``/hosts/create`` (``url``, ``cpu`` MHz,
 ``mem`` MiB, optional ``name``), ``/hosts/H/info``, ``/hosts/H/set``
 (``name``, ``cpu``, ``mem``, ``drain``), ``/hosts/H/drain`` and
-``/hosts/H/destroy`` (``409`` while it holds servers). Info shows the
+``/hosts/H/destroy`` (``409`` while it holds servers), ``/hosts/stranded``
+(servers of lost hosts waiting for room). Info shows the
 capacity and what running servers take of it.
 
 ``POST /hosts/exits`` takes a host's ``server.exit`` callback: the manager
@@ -38,6 +39,21 @@ async def exits(request: Request) -> Response:
     host = request.query_params.get("host")
     await cloud_of(request).servers.host_exited(report_of_callback(body, host))
     return no_content()
+
+
+async def stranded(request: Request) -> Response:
+    """Servers whose host was lost and that no host has taken yet (retried
+    every pass, never dropped): what an admin must make room for."""
+    await admin(request)
+    failover = cloud_of(request).failover
+    waiting = failover.stranded.values() if failover is not None else ()
+    return reply(
+        request,
+        [
+            {"server": s.server, "host": s.host, "since": f"{s.since:.3f}", "reason": s.reason}
+            for s in waiting
+        ],
+    )
 
 
 async def list_(request: Request) -> Response:
@@ -87,6 +103,7 @@ async def destroy(request: Request) -> Response:
 routes = [
     Route("/hosts/exits", exits, methods=READ),
     Route("/hosts/list", list_, methods=READ),
+    Route("/hosts/stranded", stranded, methods=READ),
     Route("/hosts/info", info_all, methods=READ),
     Route("/hosts/create", create, methods=READ),
     Route("/hosts/{host}/info", info, methods=READ),

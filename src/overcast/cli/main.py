@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
+from urllib.parse import urlsplit
 
 import typer
 import uvicorn
@@ -97,9 +98,14 @@ def _run(settings: Settings, action: Callable[[Cloud], Awaitable[T]]) -> T:
         raise _fail(str(err)) from None
 
 
-def _settings(data: Path | None, listen: str | None = None, store: str | None = None) -> Settings:
+def _settings(
+    data: Path | None,
+    listen: str | None = None,
+    store: str | None = None,
+    overrides: dict[str, str] | None = None,
+) -> Settings:
     try:
-        return load_settings(data=data, listen=listen, store=store)
+        return load_settings(data=data, listen=listen, store=store, overrides=overrides)
     except (ValueError, OSError) as err:
         raise _fail(f"configuration: {err}") from None
 
@@ -258,7 +264,46 @@ def serve(
     """Run the all-in-one cloud (manager and local host)."""
     settings = _settings(data, listen, store)
     setup_logging()
-    created = _run(settings, _first_admin)
+    _announce(settings, _run(settings, _first_admin))
+    _serve(settings)
+
+
+@app.command("host")
+def host_agent(
+    manager: Annotated[
+        str,
+        typer.Option(
+            "--manager", help="The manager's URL with its admin credentials: http://U:K@HOST:PORT."
+        ),
+    ],
+    data: DataOpt = None,
+    listen: Annotated[
+        str | None, typer.Option("--listen", help="HOST:PORT [127.0.0.1:8080].")
+    ] = None,
+    etcd: Annotated[
+        str | None, typer.Option("--etcd", help="etcd endpoints, comma-separated.")
+    ] = None,
+    drives: Annotated[
+        Path | None, typer.Option("--drives", help="The shared drive directory.")
+    ] = None,
+    host_id: Annotated[
+        str | None, typer.Option("--id", help="This host's id in etcd [hostname].")
+    ] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run a host agent: a one-machine cloud that accepts the manager's
+    admin credentials, registers with it, and (with etcd) holds a lease."""
+    given = {"manager": manager, "etcd": etcd, "drives": drives, "host_id": host_id}
+    overrides = {k: str(v) for k, v in given.items() if v is not None}
+    settings = _settings(data, listen, store, overrides)
+    setup_logging()
+    typer.echo(f"overcast host {settings.host_id} listening on {settings.url}/")
+    shown = urlsplit(settings.manager)
+    typer.echo(f"manager: {shown._replace(netloc=shown.netloc.rpartition('@')[2]).geturl()}")
+    _serve(settings)
+
+
+def _announce(settings: Settings, created: tuple[str, str] | None) -> None:
     creds = settings.data / ADMIN_FILE
     if created:
         fd = os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -270,6 +315,9 @@ def serve(
         typer.echo(creds.read_text(), nl=False)
     else:
         typer.echo("admin: an admin user exists; create another with 'overcast admin user create'")
+
+
+def _serve(settings: Settings) -> None:
     uvicorn.run(
         build_app(settings),
         host=settings.host,

@@ -171,6 +171,7 @@ class Cloud:
             "cpu": str(capacity.cpu),
             "mem": str(capacity.mem),
             "name": self.settings.host_id,
+            "id": self.settings.host_id,
         }
         body = "".join(f"{k} {v}\n" for k, v in keys.items())
         base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

@@ -37,15 +37,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 
-from overcast.cluster.fleet import Fleet, without_credentials
+from overcast.cluster.fleet import Fleet
 from overcast.cluster.servers import ServerService
 from overcast.host.lease import HOSTS, guest_key
 from overcast.model.errors import OvercastError
-from overcast.model.host import Host
+from overcast.model.host import Host, without_credentials
 from overcast.model.server import ServerStatus
 from overcast.store import Store
 from overcast.store import hosts as host_rows
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 MANAGER = "overcast/manager"
 #: How many revivals run at once.
 PARALLEL = 16
+#: The longest pause between passes with nothing pending (s): host lease
+#: changes wake a pass at once, this only bounds what a missed wake costs.
+IDLE = 5.0
 
 
 @dataclass(frozen=True)
@@ -238,24 +242,23 @@ class Failover:
         while True:
             self._wake.clear()
             try:
-                pending = await self.sweep()
+                wait = await self.sweep()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("failover pass failed")
-                pending = True
-            wait = self.every if pending else 30.0
+                wait = self.every
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
 
-    async def sweep(self) -> bool:
-        """One pass: revive what is due; True while anything waits."""
+    async def sweep(self) -> float:
+        """One pass: revive what is due; how long until the next is due."""
         now = time.time()
+        wait = IDLE
         async with self.store.read() as tx:
             hosts = [h for h in await host_rows.list_hosts(tx) if h.url is not None]
             due: list[tuple[str, str, float]] = []
-            waiting = False
             for host in hosts:
                 if self.alive(host):
                     self._gone.pop(host.id, None)
@@ -271,7 +274,7 @@ class Failover:
                 if not held:
                     continue
                 if now - gone < self.margin:
-                    waiting = True
+                    wait = min(wait, gone + self.margin - now)
                     continue
                 due += [(s.uuid, host.id, gone) for s in held]
         for server, (from_host, at) in list(self._fenced.items()):
@@ -279,7 +282,7 @@ class Failover:
             due.append((server, from_host, at))
         if not due:
             self.stranded.clear()
-            return waiting
+            return wait
         limit = asyncio.Semaphore(PARALLEL)
 
         async def one(server: str, host: str, at: float) -> bool:
@@ -287,7 +290,7 @@ class Failover:
                 return await self._revive(server, host, at)
 
         results = await asyncio.gather(*(one(*d) for d in due))
-        return waiting or not all(results)
+        return wait if all(results) else min(wait, self.every)
 
     async def _revive(self, server: str, lost: str, lost_at: float) -> bool:
         """Revive ``server`` off host ``lost``; True when done (or nothing
@@ -309,7 +312,9 @@ class Failover:
                     if record is None or record.host != lost:
                         self.stranded.pop(server, None)
                         return True
-                    to = await self.fleet.place(tx, record.spec, exclude={lost})
+                    # A pin to the lost host yields: running elsewhere beats not at all.
+                    spec = dataclasses.replace(record.spec, host=None)
+                    to = await self.fleet.place(tx, spec, exclude={lost})
                 target = await self._live_of(to)
                 if target is None:
                     raise OvercastError(f"host {to} holds no lease")

@@ -32,17 +32,10 @@ from overcast.store import hosts as host_rows
 from overcast.store import servers as rows
 from overcast.store.engine import Tx
 
-__all__ = ["Fleet", "HostExitSink", "exits_url", "without_credentials"]
+__all__ = ["Fleet", "HostExitSink", "exits_url"]
 
 #: Told of a guest's end on a host (id), as a client saw it first-hand.
 HostExitSink = Callable[[str, GuestEnd], Awaitable[None]]
-
-
-def without_credentials(url: str) -> str:
-    """``url`` with no user part: what logs, info and etcd show."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def exits_url(manager: str, host_url: str, host_id: str) -> str:

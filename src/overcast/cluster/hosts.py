@@ -41,12 +41,15 @@ class HostService:
 
     async def create(self, keys: Keys) -> Host:
         spec = parse_host_spec(keys)
-        host = Host(str(_uuid.uuid4()), spec.name, spec.url, spec.cpu, spec.mem)
+        host = Host(spec.id or str(_uuid.uuid4()), spec.name, spec.url, spec.cpu, spec.mem)
         try:
             async with self.store.write() as tx:
                 await rows.insert_host(tx, host)
         except IntegrityError:
-            raise BusyError(f"a host with url {spec.url} is registered already") from None
+            raise BusyError(
+                f"a host with id {host.id} or url {host_info(host, 0, 0, 0)['url']} "
+                "is registered already"
+            ) from None
         return host
 
     async def get(self, id: str) -> Host:

@@ -56,6 +56,7 @@ from overcast.model.errors import (
     BusyError,
     FailedError,
     FullError,
+    HostUnreachable,
     MissingError,
     OvercastError,
     UsageError,
@@ -95,6 +96,11 @@ log = logging.getLogger(__name__)
 
 #: The one host of the all-in-one cloud.
 LOCAL_HOST = "local"
+#: How long info waits for a host's live counters (a hung host must not
+#: hang the owner's info).
+INFO_TIMEOUT = 2.0
+#: How many unreachable hosts a create tries past before it gives up.
+PLACEMENT_TRIES = 2
 #: Keys that may change while a server runs (API.md, ``/servers/S/set``).
 _SHOWN_ONLY = re.compile(
     r".+:(read|write):(bytes|requests)|rx:packets|tx:packets|nic:[0-9]:dhcp:ip|vnc:port"
@@ -177,8 +183,9 @@ class ServerService:
         record = dict(server_info(server))
         if server.status in (ServerStatus.ACTIVE, ServerStatus.PAUSED):
             try:
-                running = await (await self.fleet.client(server.host)).info(server.uuid)
-            except OvercastError:
+                async with asyncio.timeout(INFO_TIMEOUT):
+                    running = await (await self.fleet.client(server.host)).info(server.uuid)
+            except (OvercastError, TimeoutError):  # the record, without live counters
                 return record
             rx = tx = rxp = txp = 0
             for nic in running.info.nics:
@@ -218,7 +225,33 @@ class ServerService:
         if spec.shared and not trusted:
             raise UsageError("shared: only a manager creating on its host may name shared drives")
         uuid = str(_uuid.uuid4()) if uuid is None else parse_uuid("server", uuid)
-        config = _config(keys)
+        unreachable: set[str] = set()
+        while True:
+            server, claims = await self._insert(
+                user, spec, uuid, _config(keys), stopped, trusted, unreachable
+            )
+            if stopped:
+                return await self._reread(uuid)
+            try:
+                return await self._run(server, claims)
+            except HostUnreachable as err:
+                # Nothing reached the host: the create may go elsewhere.
+                if spec.host is not None or len(unreachable) >= PLACEMENT_TRIES:
+                    raise
+                log.warning("create of %s: %s; placing it again", uuid, err.message)
+                unreachable.add(server.host)
+
+    async def _insert(
+        self,
+        user: User,
+        spec: ServerSpec,
+        uuid: str,
+        config: dict[str, str],
+        stopped: bool,
+        trusted: bool,
+        exclude: set[str],
+    ) -> tuple[Server, list[rows.Claim]]:
+        """Check and claim everything, place the guest and write its row."""
         status = ServerStatus.STOPPED if stopped else ServerStatus.STARTING
         async with self.store.write() as tx:
             if await rows.get_server(tx, uuid, lock=True) is not None:
@@ -228,14 +261,12 @@ class ServerService:
             host = LOCAL_HOST
             if not stopped:
                 await self._check_room(tx, user, spec)
-                host = await self.fleet.place(tx, spec)
+                host = await self.fleet.place(tx, spec, exclude)
             server = Server(uuid, user.uuid, config, status, host, nics)
             await rows.insert_server(
                 tx, server, () if stopped else [c for c in claims if c.drive not in untracked]
             )
-        if stopped:
-            return await self._reread(uuid)
-        return await self._run(server, claims)
+        return server, claims
 
     async def _claims(
         self, tx: Tx, user: User, spec: ServerSpec, *, trusted: bool = False

@@ -43,6 +43,7 @@ from overcast.model.errors import (
     AuthError,
     BusyError,
     FailedError,
+    HostUnreachable,
     Kind,
     MissingError,
     OvercastError,
@@ -266,7 +267,12 @@ class RemoteHost(HostClient):
             response = await self._client.request(method, path, json=keys)
         except httpx.TransportError as err:
             reason = str(err) or type(err).__name__
-            raise FailedError(f"host {self.netloc}: unreachable: {reason}") from err
+            error = (
+                HostUnreachable
+                if isinstance(err, httpx.ConnectError | httpx.ConnectTimeout)
+                else FailedError
+            )
+            raise error(f"host {self.netloc}: unreachable: {reason}") from err
         if response.is_success:
             return response
         raise self._error(response)

@@ -30,6 +30,7 @@ __all__ = [
     "BusyError",
     "FailedError",
     "FullError",
+    "HostUnreachable",
     "Kind",
     "MethodError",
     "MissingError",
@@ -90,6 +91,11 @@ class BusyError(OvercastError):
 
 class FailedError(OvercastError):
     kind = Kind.FAILED
+
+
+class HostUnreachable(FailedError):
+    """A host could not be reached at all: nothing was asked of it, so the
+    same request may go to another host."""
 
 
 class FullError(OvercastError):

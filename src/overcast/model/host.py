@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from overcast.model.codec import Keys, Record
 from overcast.model.errors import UsageError
 from overcast.model.keys import parse_bool, parse_int, parse_name
 
-__all__ = ["LOCAL", "Host", "HostSpec", "host_info", "parse_host_changes", "parse_host_spec"]
+__all__ = [
+    "LOCAL",
+    "Host",
+    "HostSpec",
+    "host_info",
+    "parse_host_changes",
+    "parse_host_spec",
+    "without_credentials",
+]
 
 #: The id of the machine the manager itself runs on.
 LOCAL = "local"
@@ -40,9 +49,12 @@ class HostSpec:
     url: str
     cpu: int
     mem: int
+    #: The host's own id (its etcd id), if it gave one.
+    id: str | None = None
 
 
-_KNOWN = {"name", "url", "cpu", "mem", "drain"}
+_KNOWN = {"id", "name", "url", "cpu", "mem", "drain"}
+_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
 def _url(value: str) -> str:
@@ -59,23 +71,29 @@ def _unknown(keys: Keys, allowed: set[str]) -> None:
 
 
 def parse_host_spec(keys: Keys) -> HostSpec:
-    """``url``, ``cpu`` (MHz) and ``mem`` (MiB) are required; ``name`` defaults to the URL."""
+    """``url``, ``cpu`` (MHz) and ``mem`` (MiB) are required; ``name`` defaults
+    to the URL; ``id`` (what a host agent registering itself gives: its id
+    in etcd) to a new UUID."""
     _unknown(keys, _KNOWN - {"drain"})
     for key in ("url", "cpu", "mem"):
         if key not in keys:
             raise UsageError(f"{key}: required")
     url = _url(keys["url"])
+    host_id = keys["id"].strip().lower() if "id" in keys else None
+    if host_id is not None and (not _ID.fullmatch(host_id) or host_id == LOCAL):
+        raise UsageError(f"id: {keys['id'][:64]!r} is not a host id (a-z, 0-9, . _ -; not local)")
     return HostSpec(
         name=parse_name("name", keys.get("name", url)),
         url=url,
         cpu=parse_int("cpu", keys["cpu"], 1, _MAX_CPU),
         mem=parse_int("mem", keys["mem"], 1, _MAX_MEM),
+        id=host_id,
     )
 
 
 def parse_host_changes(keys: Keys, host: Host) -> Host:
     """A host with ``name``, ``cpu``, ``mem`` or ``drain`` changed."""
-    _unknown(keys, _KNOWN - {"url"})
+    _unknown(keys, _KNOWN - {"url", "id"})
     return Host(
         id=host.id,
         name=parse_name("name", keys["name"]) if "name" in keys else host.name,
@@ -98,5 +116,12 @@ def host_info(host: Host, used_cpu: int, used_mem: int, guests: int) -> Record:
         "guests": guests,
     }
     if host.url is not None:
-        record["url"] = host.url
+        record["url"] = without_credentials(host.url)
     return record
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with no user part: a host's URL holds the credentials the
+    manager uses there, never shown (info, logs) nor compared (etcd)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
