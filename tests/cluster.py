@@ -225,11 +225,12 @@ def guest_copies(site: Site, server: str) -> dict[int, list[int]]:
                 continue
             if b"qemu-system" in cmdline and server.encode() in cmdline:
                 copies.setdefault(i, []).append(pid)
-    # QEMU -daemonize: while a guest starts, the agent's own child waits for
-    # the daemon it forked (same command line) and runs no guest: the daemon
-    # is the copy (its parent is init, not the agent).
+    # QEMU -daemonize forks twice: while a guest starts, the agent's child
+    # waits for the daemon and an intermediate process may not have exited
+    # yet (same command line). Neither runs a guest: only the youngest does.
     for i, pids in list(copies.items()):
-        pids[:] = [p for p in pids if b"overcast" not in _cmdline(_ppid(p))]
+        parents = {_ppid(p) for p in pids}
+        pids[:] = [p for p in pids if p not in parents and b"overcast" not in _cmdline(_ppid(p))]
         if not pids:
             del copies[i]
     return copies

@@ -338,3 +338,40 @@ def test_a_standby_manager_takes_over(
         stop_standby = cluster.managers.pop(1)
         stop_standby.process.send_signal(signal.SIGTERM)
         stop_standby.process.wait(10)
+
+
+def test_placement_avoids_pins_and_refuses_privileged_keys_to_users(
+    cluster: Cluster, user: httpx.Client, receiver: Receiver
+) -> None:
+    first, _ = _create_diskless(user, receiver, "first")
+    here = _holder(cluster, first)
+    keys = f"name apart\ncpu 500\nmem 64\navoid:servers {first}\n"
+    r = user.post("/servers/create", content=keys)
+    assert r.status_code == 200, r.text
+    apart = records(r.text)[0]["server"]
+    assert _holder(cluster, apart) != here
+
+    with cluster.admin() as a:
+        pinned = f"name pinned\ncpu 500\nmem 64\nhost {cluster.host_id(2)}\n"
+        r = a.post("/servers/create", content=pinned)
+        assert r.status_code == 200, r.text
+        assert _holder(cluster, records(r.text)[0]["server"]) == 2
+        r = a.post("/servers/create", content="name nowhere\ncpu 500\nmem 64\nhost nosuch\n")
+        assert r.status_code == 404, r.text
+        r = a.get("/hosts/info", headers=JSON)
+        by_id = {h["host"]: h for h in r.json()}
+        assert {"h1", "h2", "h3"} <= set(by_id)  # hosts registered themselves by their id
+        assert all("@" not in h.get("url", "") for h in by_id.values())  # no credentials shown
+
+    before = user.get("/servers/list").text
+    for bad in (
+        f"name x\ncpu 500\nmem 64\nhost {cluster.host_id(1)}\n",
+        f"name x\ncpu 500\nmem 64\nshared {first}\n",
+    ):
+        r = user.post("/servers/create", content=bad)
+        assert r.status_code == 400, r.text
+        assert r.headers["x-elastic-error"].startswith("usage")
+    assert user.get("/servers/list").text == before
+    # The hosts' privileged routes are the manager's, not users'.
+    with httpx.Client(base_url=cluster.hosts[1].url, auth=user.auth, timeout=5) as h:
+        assert h.get("/guests/list").status_code == 401  # not a user there at all
