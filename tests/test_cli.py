@@ -170,3 +170,18 @@ def test_exist_ok_makes_make_run_repeatable(tmp_path: Path) -> None:
     assert overcast(*pool, "--exist-ok").returncode == 0
     assert overcast(*pool, "--exist-ok").returncode == 0
     _no_traceback(overcast(*pool), "overlaps the pool 192.0.2.0/24")
+
+
+@pytest.mark.parametrize(
+    ("manager", "says"),
+    [
+        ("http://127.0.0.1:1", "admin credentials"),
+        ("ftp://u:k@127.0.0.1:1", "not an http"),
+        ("nonsense", "not an http"),
+    ],
+)
+def test_host_refuses_a_manager_url_it_cannot_use(tmp_path: Path, manager: str, says: str) -> None:
+    r = overcast("host", "--manager", manager, "--data", str(tmp_path / "h"))
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: --manager:") and says in r.stderr, r.stderr
+    assert not (tmp_path / "h").exists()  # refused before anything was made

@@ -375,3 +375,40 @@ def test_placement_avoids_pins_and_refuses_privileged_keys_to_users(
     # The hosts' privileged routes are the manager's, not users'.
     with httpx.Client(base_url=cluster.hosts[1].url, auth=user.auth, timeout=5) as h:
         assert h.get("/guests/list").status_code == 401  # not a user there at all
+
+
+def test_stop_and_restart_of_a_server_on_a_remote_host(
+    cluster: Cluster, user: httpx.Client, receiver: Receiver
+) -> None:
+    """The ordinary life of a server on a host: a stop ends it once (the
+    manager's own report and the host's callback agree on one exit), a
+    persistent one starts again on whichever host placement picks."""
+    server, _info = _create_diskless(user, receiver, "plain")
+    host = _holder(cluster, server)
+    r = user.post(f"/servers/{server}/stop")
+    assert r.status_code == 204, r.text
+    assert user.get(f"/servers/{server}/info").status_code == 404
+    assert server not in cluster.running_on(host)
+    assert guest_copies(cluster.site, server) == {}
+    exits = receiver.wait_acknowledged("/hook", 1)
+    assert [(e["type"], e["reason"]) for e in exits] == [("server.exit", "killed")]
+
+    keys = f"name kept\ncpu 500\nmem 64\npersistent true\ncallback:exit {receiver.base}/kept\n"
+    r = user.post("/servers/create", content=keys)
+    assert r.status_code == 200, r.text
+    kept = records(r.text)[0]["server"]
+    _holder(cluster, kept)
+    assert user.post(f"/servers/{kept}/stop").status_code == 204
+    assert records(user.get(f"/servers/{kept}/info").text)[0]["status"] == "stopped"
+    assert guest_copies(cluster.site, kept) == {}
+    assert user.post(f"/servers/{kept}/start").status_code == 200
+    _holder(cluster, kept)
+    assert records(user.get(f"/servers/{kept}/info").text)[0]["status"] == "active"
+    assert user.post(f"/servers/{kept}/suspend").status_code == 200
+    assert records(user.get(f"/servers/{kept}/info").text)[0]["status"] == "paused"
+    assert user.post(f"/servers/{kept}/resume").status_code == 200
+    assert user.post(f"/servers/{kept}/destroy").status_code == 204
+    assert guest_copies(cluster.site, kept) == {}
+    time.sleep(1.0)  # the host's own callbacks arrive: nothing more happens
+    assert len(receiver.acknowledged("/hook")) == 1
+    assert [e["type"] for e in receiver.acknowledged("/kept")] == ["server.exit"] * 2

@@ -293,6 +293,11 @@ def host_agent(
 ) -> None:
     """Run a host agent: a one-machine cloud that accepts the manager's
     admin credentials, registers with it, and (with etcd) holds a lease."""
+    parts = urlsplit(manager)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail(f"--manager: {manager[:80]!r} is not an http:// or https:// URL")
+    if not parts.username or not parts.password:
+        raise _fail("--manager: give the manager's admin credentials: http://UUID:SECRET@HOST:PORT")
     given = {"manager": manager, "etcd": etcd, "drives": drives, "host_id": host_id}
     overrides = {k: str(v) for k, v in given.items() if v is not None}
     settings = _settings(data, listen, store, overrides)
