@@ -4,8 +4,8 @@ failover stress run.
 A site of network namespaces (``tests/netns.py``): three hosts running
 ``overcast host``, etcd in its own namespace, a manager in the root
 namespace, one shared drive directory; guests are real QEMUs (TCG) with an
-exclusive drive and a NIC each. Every trial hits the host that runs the
-most guests with one fault and times from the fault until every guest it
+exclusive drive and a NIC each. Every trial hits one host that runs guests
+(each in turn) with one fault and times from the fault until every guest it
 ran is seen running on another host (its QEMU in that host's cgroup, and
 that host's agent listing it); then the host is brought back.
 
@@ -88,6 +88,7 @@ class Bench:
         self.figures = figures
         self.where: dict[str, int] = {}  # guest → host index running it
         self.faulted: dict[str, int] = {}  # guest → faults that hit it
+        self.trials = 0
 
     def user(self) -> httpx.Client:
         with self.cluster.admin() as a:
@@ -124,8 +125,12 @@ class Bench:
 
     def trial(self, fault: str) -> None:
         site, cluster = self.cluster.site, self.cluster
-        counts = {i: sum(1 for h in self.where.values() if h == i) for i in cluster.hosts}
-        lost = max(counts, key=lambda i: (counts[i], -i))
+        # Each host in turn (one that runs guests): every host is hit.
+        busy = set(self.where.values())
+        order = sorted(cluster.hosts)
+        while (lost := order[self.trials % len(order)]) not in busy:
+            self.trials += 1
+        self.trials += 1
         victims = [s for s, h in self.where.items() if h == lost]
         agent = cluster.hosts[lost].process
         began = time.monotonic()
@@ -164,7 +169,10 @@ class Bench:
             if server in moved:
                 self.where[server] = moved[server]
         self.figures.revived += len(moved)
-        print(f"  {fault:9s} host h{lost}: {len(victims)} guest(s) elsewhere in {took:.2f} s")
+        print(
+            f"  {fault:9s} host h{lost}: {len(victims)} guest(s) elsewhere in {took:.2f} s",
+            flush=True,
+        )
         # Bring the host back, empty of guests (a thawed or reconnected one
         # fenced itself; a stopped agent is woken, then restarted).
         if fault == "stop" and agent is not None:
@@ -261,6 +269,8 @@ def main(argv: list[str] | None = None) -> Figures:
     parser.add_argument("--fault", choices=[*FAULTS, "mix"], default="crash")
     parser.add_argument("--guests", type=int, default=6)
     args = parser.parse_args(argv)
+    # A SIGTERM (a timeout, a ^C from a wrapper) still tears the site down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     figures = run(args.trials, args.fault, args.guests)
     report(figures)
     return figures

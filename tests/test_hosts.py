@@ -72,6 +72,9 @@ def test_register_drain_and_remove(admin: httpx.Client) -> None:
         "url http://127.0.0.1:1\ncpu 0\nmem 1\n",
         "url http://127.0.0.1:1\ncpu 1\nmem lots\n",
         "url http://127.0.0.1:1\ncpu 1\nmem 1\ncolour blue\n",
+        "url http://127.0.0.1:1\ncpu 1\nmem 1\nid local\n",
+        "url http://127.0.0.1:1\ncpu 1\nmem 1\nid Not/An/Id\n",
+        "url http://127.0.0.1:1\ncpu 1\nmem 1\nid " + "x" * 70 + "\n",
     ],
 )
 def test_bad_registrations_change_nothing(admin: httpx.Client, body: str) -> None:

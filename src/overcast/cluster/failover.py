@@ -123,6 +123,7 @@ class Failover:
         self._fenced: dict[str, tuple[str, float]] = {}  # server → (host, when)
         self._synced = asyncio.Event()
         self._wake = asyncio.Event()
+        self._placing = asyncio.Lock()
         self._started = time.time()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -289,7 +290,8 @@ class Failover:
             async with limit:
                 return await self._revive(server, host, at)
 
-        results = await asyncio.gather(*(one(*d) for d in due))
+        unique = {server: (server, host, at) for server, host, at in due}
+        results = await asyncio.gather(*(one(*d) for d in unique.values()))
         return wait if all(results) else min(wait, self.every)
 
     async def _revive(self, server: str, lost: str, lost_at: float) -> bool:
@@ -306,26 +308,37 @@ class Failover:
             to = await self._registered(target) if target is not None else None
             if to == lost:
                 return True  # its host holds it on a live lease: nothing was lost
-            if target is None or to is None:
-                async with self.store.read() as tx:
-                    record = await rows.get_server(tx, server)
-                    if record is None or record.host != lost:
-                        self.stranded.pop(server, None)
-                        return True
-                    # A pin to the lost host yields: running elsewhere beats not at all.
-                    spec = dataclasses.replace(record.spec, host=None)
+            # One placement at a time, each counted before the next: revivals
+            # of one lost host spread over the others.
+            async with self._placing, self.store.read() as tx:
+                record = await rows.get_server(tx, server)
+                if record is None or record.host != lost:
+                    self.stranded.pop(server, None)
+                    return True
+                # A pin to the lost host yields: running elsewhere beats not at all.
+                spec = dataclasses.replace(record.spec, host=None)
+                if target is None or to is None:
                     to = await self.fleet.place(tx, spec, exclude={lost})
-                target = await self._live_of(to)
-                if target is None:
-                    raise OvercastError(f"host {to} holds no lease")
-                if not await self.etcd.put_if_absent(key, target.id, lease=target.lease):
-                    return False  # someone else took it: look again next pass
+                    fresh = True
+                else:
+                    fresh = False
+                self.fleet.expect(to, spec)
             try:
-                await self.servers.revive(server, lost, to, lost_at)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await self.etcd.delete_if(key, target.id)
-                raise
+                if fresh:
+                    target = await self._live_of(to)
+                    if target is None:
+                        raise OvercastError(f"host {to} holds no lease")
+                    if not await self.etcd.put_if_absent(key, target.id, lease=target.lease):
+                        return False  # someone else took it: look again next pass
+                assert target is not None
+                try:
+                    await self.servers.revive(server, lost, to, lost_at)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await self.etcd.delete_if(key, target.id)
+                    raise
+            finally:
+                self.fleet.expect(to, spec, -1)
         except asyncio.CancelledError:
             raise
         except Exception as err:

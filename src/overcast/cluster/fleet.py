@@ -63,6 +63,11 @@ class Fleet:
         self.on_exit = on_exit
         #: Which registered hosts may take guests now (all, without etcd).
         self.alive: Callable[[Host], bool] = lambda _host: True
+        #: Guests on their way to a host whose rows do not say so yet (a
+        #: revival starts the guest before it moves the row): host → (cpu,
+        #: mem, guests), counted by placement so that concurrent revivals
+        #: spread instead of all choosing the emptiest host.
+        self.incoming: dict[str, tuple[int, int, int]] = {}
         self._remotes: dict[str, tuple[str, RemoteHost]] = {}
 
     async def client(self, host_id: str) -> HostClient:
@@ -118,6 +123,8 @@ class Fleet:
         snapshot = []
         for host in hosts:
             cpu, mem, count = loads.get(host.id, (0, 0, 0))
+            more = self.incoming.get(host.id, (0, 0, 0))
+            cpu, mem, count = cpu + more[0], mem + more[1], count + more[2]
             snapshot.append(
                 HostLoad(
                     host.id,
@@ -139,6 +146,16 @@ class Fleet:
             pin=spec.host,
         )
         return place(guest, snapshot).id
+
+    def expect(self, host_id: str, spec: ServerSpec, sign: int = 1) -> None:
+        """Count (``sign`` 1) or stop counting (-1) a guest of ``spec``
+        headed for ``host_id`` in :attr:`incoming`."""
+        cpu, mem, count = self.incoming.get(host_id, (0, 0, 0))
+        now = (cpu + sign * spec.cpu, mem + sign * spec.mem, count + sign)
+        if now[2] <= 0:
+            self.incoming.pop(host_id, None)
+        else:
+            self.incoming[host_id] = now
 
     async def close(self) -> None:
         """Let go of every host; guests keep running."""
