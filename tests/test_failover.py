@@ -412,3 +412,40 @@ def test_stop_and_restart_of_a_server_on_a_remote_host(
     time.sleep(1.0)  # the host's own callbacks arrive: nothing more happens
     assert len(receiver.acknowledged("/hook")) == 1
     assert [e["type"] for e in receiver.acknowledged("/kept")] == ["server.exit"] * 2
+
+
+def test_a_guest_no_host_has_room_for_waits_and_is_revived_when_room_comes(
+    cluster: Cluster, user: httpx.Client, receiver: Receiver
+) -> None:
+    server, before = _create(user, receiver, "roomless")
+    lost = _holder(cluster, server)
+    others = [i for i in cluster.hosts if i != lost]
+    with cluster.admin() as a:
+        sizes = {}
+        for i in others:  # no room left anywhere else
+            info = records(a.get(f"/hosts/{cluster.host_id(i)}/info").text)[0]
+            sizes[i] = info["mem"]
+            r = a.post(f"/hosts/{cluster.host_id(i)}/set", content="mem 16\n")
+            assert r.status_code == 200, r.text
+        try:
+            cluster.site.kill_host(lost)
+            stranded = wait_for(
+                lambda: [
+                    s for s in records(a.get("/hosts/stranded").text) if s.get("server") == server
+                ],
+                TTL + MARGIN + 10,
+                "the server to be reported stranded",
+            )
+            assert "MiB" in stranded[0]["reason"], stranded  # type: ignore[index]
+            assert guest_copies(cluster.site, server) == {}
+            # Never dropped: it is still the user's, and still waits.
+            assert records(user.get(f"/servers/{server}/info").text)[0]["status"] == "active"
+        finally:
+            for i in others:
+                a.post(f"/hosts/{cluster.host_id(i)}/set", content=f"mem {sizes[i]}\n")
+        try:
+            _revived_elsewhere(cluster, server, lost)
+            _check_revived(cluster, user, receiver, server, before, lost)
+            assert a.get("/hosts/stranded").text.strip() == ""
+        finally:
+            _restore(cluster, lost)
