@@ -25,7 +25,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # --- Debian packages --------------------------------------------------------
 
 RUN_PACKAGES=(qemu-system-x86 qemu-utils python3-venv)
-TEST_PACKAGES=(postgresql wrk etcd-server)
+TEST_PACKAGES=(postgresql wrk etcd-server iproute2)
 # Packages needed to build guest images (for both run and test).
 GUEST_IMAGE_PACKAGES=(linux-image-amd64 busybox-static syslinux syslinux-common mtools dosfstools
     fdisk cpio)
