@@ -64,14 +64,15 @@ def user(cluster: Cluster) -> Iterator[httpx.Client]:
         yield client
 
 
-def _create(user: httpx.Client, receiver: Receiver, name: str) -> tuple[str, dict[str, str]]:
-    r = user.post("/drives/create", content=f"name {name}-disk\nsize 16M\n")
-    assert r.status_code == 200, r.text
-    drive = records(r.text)[0]["drive"]
-    keys = (
-        f"name {name}\ncpu 500\nmem 64\nblock:0 {drive}\nnic:0:model virtio\n"
-        f"callback:exit {receiver.base}/hook\n"
-    )
+def _create(
+    user: httpx.Client, receiver: Receiver, name: str, *, disk: bool = True
+) -> tuple[str, dict[str, str]]:
+    """A server with a NIC and (``disk``) an exclusive drive of its own."""
+    keys = f"name {name}\ncpu 500\nmem 64\nnic:0:model virtio\ncallback:exit {receiver.base}/hook\n"
+    if disk:
+        r = user.post("/drives/create", content=f"name {name}-disk\nsize 16M\n")
+        assert r.status_code == 200, r.text
+        keys += f"block:0 {records(r.text)[0]['drive']}\n"
     r = user.post("/servers/create", content=keys)
     assert r.status_code == 200, r.text
     info = records(r.text)[0]
@@ -168,16 +169,6 @@ def test_a_crashed_host_s_guest_runs_elsewhere_once(
     info = records(user.get(f"/servers/{server}/info").text)[0]
     assert info["status"] == "active"
     assert len(guest_copies(cluster.site, server)) == 1
-
-
-def _create_diskless(
-    user: httpx.Client, receiver: Receiver, name: str
-) -> tuple[str, dict[str, str]]:
-    keys = f"name {name}\ncpu 500\nmem 64\nnic:0:model virtio\ncallback:exit {receiver.base}/hook\n"
-    r = user.post("/servers/create", content=keys)
-    assert r.status_code == 200, r.text
-    info = records(r.text)[0]
-    return info["server"], info
 
 
 def _gone_within(cluster: Cluster, server: str, host: int, seconds: float) -> float:
@@ -288,7 +279,7 @@ def test_a_partitioned_host_fences_itself_and_others_revive(
 def test_a_manager_outage_fences_nothing_and_a_restart_revives_nothing(
     cluster: Cluster, user: httpx.Client, receiver: Receiver
 ) -> None:
-    server, _info = _create_diskless(user, receiver, "calm")
+    server, _info = _create(user, receiver, "calm", disk=False)
     before = guest_copies(cluster.site, server)
     cluster.kill_manager()
     time.sleep(float(os.environ.get("OVERCAST_TEST_OUTAGE", str(3 * TTL))))
@@ -343,7 +334,7 @@ def test_a_standby_manager_takes_over(
 def test_placement_avoids_pins_and_refuses_privileged_keys_to_users(
     cluster: Cluster, user: httpx.Client, receiver: Receiver
 ) -> None:
-    first, _ = _create_diskless(user, receiver, "first")
+    first, _ = _create(user, receiver, "first", disk=False)
     here = _holder(cluster, first)
     keys = f"name apart\ncpu 500\nmem 64\navoid:servers {first}\n"
     r = user.post("/servers/create", content=keys)
@@ -383,7 +374,7 @@ def test_stop_and_restart_of_a_server_on_a_remote_host(
     """The ordinary life of a server on a host: a stop ends it once (the
     manager's own report and the host's callback agree on one exit), a
     persistent one starts again on whichever host placement picks."""
-    server, _info = _create_diskless(user, receiver, "plain")
+    server, _info = _create(user, receiver, "plain", disk=False)
     host = _holder(cluster, server)
     r = user.post(f"/servers/{server}/stop")
     assert r.status_code == 204, r.text
