@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -89,6 +90,7 @@ class Bench:
         self.where: dict[str, int] = {}  # guest → host index running it
         self.faulted: dict[str, int] = {}  # guest → faults that hit it
         self.trials = 0
+        self.fault, self.lost = "", 0
 
     def user(self) -> httpx.Client:
         with self.cluster.admin() as a:
@@ -119,7 +121,11 @@ class Bench:
             copies = guest_copies(self.cluster.site, server)
             running = {i: p for i, p in copies.items() if not self.cluster.site.frozen(i)}
             if sum(len(p) for p in running.values()) > 1:
-                self.figures.violations.append(f"two running copies of {server}: {copies}")
+                detail = {i: [_state(p) for p in pids] for i, pids in copies.items()}
+                self.figures.violations.append(
+                    f"{time.time():.3f} trial {self.trials} ({self.fault}, host "
+                    f"h{self.lost}): two running copies of {server}: {detail}"
+                )
             seen[server] = running
         return seen
 
@@ -133,6 +139,7 @@ class Bench:
         self.trials += 1
         victims = [s for s, h in self.where.items() if h == lost]
         agent = cluster.hosts[lost].process
+        self.fault, self.lost = fault, lost
         began = time.monotonic()
         if fault == "crash":
             site.kill_host(lost)
@@ -217,10 +224,19 @@ class Bench:
 _JSON = {"accept": "application/json"}
 
 
+def _state(pid: int) -> str:
+    """pid, its state letter and parent: what a violation report needs."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return f"{pid}:gone"
+    return f"{pid}:{fields[0]}:ppid{fields[1]}"
+
+
 def run(trials: int, fault: str, guests: int, ttl: int = 3, margin: float = 0.5) -> Figures:
     figures = Figures(ttl, margin, fault, guests)
-    with site(3) as s, tempfile.TemporaryDirectory(prefix="ocbf-", dir="/tmp") as tmp:
-        work = Path(tmp)
+    with site(3) as s:
+        work = Path(tempfile.mkdtemp(prefix="ocbf-", dir="/tmp"))
         cluster = Cluster(s, work, ttl=ttl, margin=margin)
         try:
             cluster.start_manager()
@@ -238,6 +254,10 @@ def run(trials: int, fault: str, guests: int, ttl: int = 3, margin: float = 0.5)
             bench.check_events_and_ledger()
         finally:
             cluster.stop()
+        if not figures.violations:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs kept in {work}")
     return figures
 
 

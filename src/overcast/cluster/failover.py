@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from overcast.cluster.fleet import Fleet
 from overcast.cluster.servers import ServerService
 from overcast.host.lease import HOSTS, guest_key
-from overcast.model.errors import OvercastError
+from overcast.model.errors import HostSilent, OvercastError
 from overcast.model.host import Host, without_credentials
 from overcast.model.server import ServerStatus
 from overcast.store import Store
@@ -333,6 +333,10 @@ class Failover:
                 assert target is not None
                 try:
                     await self.servers.revive(server, lost, to, lost_at)
+                except HostSilent:
+                    # The guest may run there: the key stays, and the next
+                    # pass finishes the revival on that same host.
+                    raise
                 except BaseException:
                     with contextlib.suppress(Exception):
                         await self.etcd.delete_if(key, target.id)

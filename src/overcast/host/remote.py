@@ -43,6 +43,7 @@ from overcast.model.errors import (
     AuthError,
     BusyError,
     FailedError,
+    HostSilent,
     HostUnreachable,
     Kind,
     MissingError,
@@ -270,7 +271,7 @@ class RemoteHost(HostClient):
             error = (
                 HostUnreachable
                 if isinstance(err, httpx.ConnectError | httpx.ConnectTimeout)
-                else FailedError
+                else HostSilent
             )
             raise error(f"host {self.netloc}: unreachable: {reason}") from err
         if response.is_success:
@@ -328,7 +329,4 @@ def _checked(server: str) -> str:
 
 def _maybe_sent(err: FailedError) -> bool:
     """Whether a failed call may have reached the host (its reply was lost)."""
-    cause = err.__cause__
-    return isinstance(cause, httpx.TransportError) and not isinstance(
-        cause, httpx.ConnectError | httpx.ConnectTimeout
-    )
+    return isinstance(err, HostSilent)

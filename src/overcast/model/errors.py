@@ -30,6 +30,7 @@ __all__ = [
     "BusyError",
     "FailedError",
     "FullError",
+    "HostSilent",
     "HostUnreachable",
     "Kind",
     "MethodError",
@@ -96,6 +97,11 @@ class FailedError(OvercastError):
 class HostUnreachable(FailedError):
     """A host could not be reached at all: nothing was asked of it, so the
     same request may go to another host."""
+
+
+class HostSilent(FailedError):
+    """A request to a host went out but its answer never came: it may have
+    been carried out there. Retry it on that same host, not elsewhere."""
 
 
 class FullError(OvercastError):
