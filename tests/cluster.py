@@ -215,7 +215,13 @@ def guest_keys(site: Site) -> dict[str, str]:
 
 def guest_copies(site: Site, server: str) -> dict[int, list[int]]:
     """host index → pids of QEMUs running ``server`` in that host's cgroup
-    (a frozen QEMU counts: it still holds its image)."""
+    (a frozen QEMU counts: it still holds its image and resumes on thaw).
+
+    A QEMU runs a guest once it has its virtual CPUs (threads named ``CPU
+    N/TCG`` or ``CPU N/KVM``): that leaves out the passing processes of
+    ``-daemonize`` and a QEMU that is still opening its drives, or failing
+    to (the image lock of a copy running elsewhere refuses it), which never
+    execute the guest."""
     copies: dict[int, list[int]] = {}
     for i in range(1, site.hosts + 1):
         for pid in site.pids(i):
@@ -223,32 +229,23 @@ def guest_copies(site: Site, server: str) -> dict[int, list[int]]:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"qemu-system" in cmdline and server.encode() in cmdline:
+            if b"qemu-system" in cmdline and server.encode() in cmdline and _has_vcpus(pid):
                 copies.setdefault(i, []).append(pid)
-    # QEMU -daemonize forks twice: while a guest starts, the agent's child
-    # waits for the daemon and an intermediate process may not have exited
-    # yet (same command line). Neither runs a guest: only the youngest does.
-    for i, pids in list(copies.items()):
-        parents = {_ppid(p) for p in pids}
-        pids[:] = [p for p in pids if p not in parents and b"overcast" not in _cmdline(_ppid(p))]
-        if not pids:
-            del copies[i]
     return copies
 
 
-def _cmdline(pid: int) -> bytes:
+def _has_vcpus(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return b""
-
-
-def _ppid(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat.rpartition(")")[2].split()[1])
+        return False
+    for task in tasks:
+        try:
+            if (task / "comm").read_text().startswith("CPU "):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def events(cluster: Cluster, since: str = "") -> list[dict[str, object]]:
