@@ -217,11 +217,12 @@ def guest_copies(site: Site, server: str) -> dict[int, list[int]]:
     """host index → pids of QEMUs running ``server`` in that host's cgroup
     (a frozen QEMU counts: it still holds its image and resumes on thaw).
 
-    A QEMU runs a guest once it has its virtual CPUs (threads named ``CPU
-    N/TCG`` or ``CPU N/KVM``): that leaves out the passing processes of
-    ``-daemonize`` and a QEMU that is still opening its drives, or failing
-    to (the image lock of a copy running elsewhere refuses it), which never
-    execute the guest."""
+    A QEMU runs a guest once a virtual CPU of it (a thread named ``CPU
+    N/TCG`` or ``CPU N/KVM``) has executed: that leaves out the passing
+    processes of ``-daemonize`` and a QEMU still held in prelaunch (``-S``)
+    while it is confirmed, or while it fails to take its drive (the image
+    lock of a copy running elsewhere refuses it, after its vCPU threads
+    exist but before they ever run)."""
     copies: dict[int, list[int]] = {}
     for i in range(1, site.hosts + 1):
         for pid in site.pids(i):
@@ -235,16 +236,20 @@ def guest_copies(site: Site, server: str) -> dict[int, list[int]]:
 
 
 def _has_vcpus(pid: int) -> bool:
+    """Whether a vCPU thread of ``pid`` has run at all."""
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
     for task in tasks:
         try:
-            if (task / "comm").read_text().startswith("CPU "):
-                return True
+            if not (task / "comm").read_text().startswith("CPU "):
+                continue
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
+        if int(fields[11]) + int(fields[12]) > 0:  # utime + stime, in ticks
+            return True
     return False
 
 
