@@ -48,7 +48,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from cluster import Cluster, guest_copies
+from cluster import Cluster, guest_copies, wait_for
 from netns import site
 
 __all__ = ["Figures", "main", "run"]
@@ -109,7 +109,8 @@ class Bench:
         self.figures.create_ms.append((time.perf_counter() - began) * 1000)
         r.raise_for_status()
         server = _records(r.text)[0]["server"]
-        copies = guest_copies(self.cluster.site, server)
+        copies = wait_for(lambda: guest_copies(self.cluster.site, server), 5, server)
+        assert isinstance(copies, dict)
         self.where[server] = next(iter(copies))
         self.faulted[server] = 0
         return server

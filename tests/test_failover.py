@@ -80,7 +80,9 @@ def _create(
 
 
 def _holder(cluster: Cluster, server: str) -> int:
-    """The one host whose cgroup runs a QEMU of ``server``."""
+    """The one host whose cgroup runs a QEMU of ``server`` (its vCPU may
+    need a moment to have executed after the create answered)."""
+    wait_for(lambda: guest_copies(cluster.site, server), 5, f"{server} to run")
     copies = guest_copies(cluster.site, server)
     assert len(copies) == 1 and len(next(iter(copies.values()))) == 1, copies
     return next(iter(copies))
@@ -280,6 +282,7 @@ def test_a_manager_outage_fences_nothing_and_a_restart_revives_nothing(
     cluster: Cluster, user: httpx.Client, receiver: Receiver
 ) -> None:
     server, _info = _create(user, receiver, "calm", disk=False)
+    _holder(cluster, server)
     before = guest_copies(cluster.site, server)
     cluster.kill_manager()
     time.sleep(float(os.environ.get("OVERCAST_TEST_OUTAGE", str(3 * TTL))))
