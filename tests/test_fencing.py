@@ -337,6 +337,7 @@ async def test_a_revoked_lease_fences_at_once_and_rejoins_empty(
     try:
         server = str(uuid.uuid4())
         assert await lease.claim_guest(server)
+        assert lease.holds(server)
         _, pid = await guests.start(server)
         end = process_end(pid)
         old = lease.lease
@@ -355,6 +356,9 @@ async def test_a_revoked_lease_fences_at_once_and_rejoins_empty(
 
         await _eventually(rejoined, 3)
         assert lease.valid() and lease.guests == frozenset()
+        # Valid again, yet the fenced guest's right is gone: its end, seen
+        # only now, is a fence's (a manager revives it; it did not exit).
+        assert not lease.holds(server)
         assert await etcd.get(guest_key(server)) is None
         # Rejoined empty, it may run guests again.
         assert await lease.claim_guest(server)

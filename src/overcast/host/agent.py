@@ -151,6 +151,11 @@ class GuestGate(Protocol):
 
     def valid(self) -> bool: ...
 
+    def holds(self, server: str) -> bool:
+        """Whether the right to run ``server`` is still this host's: False
+        once a fence took it (even if a new lease was joined since)."""
+        ...
+
 
 @dataclass(frozen=True)
 class VncAddress:
@@ -629,7 +634,10 @@ class HostAgent:
     async def _watch(self, server: str, handle: GuestHandle, record: _Record) -> None:
         try:
             exit_: GuestExit = await self.driver.wait_exit(handle)
-            fenced = self.gate is not None and not self.gate.valid()
+            # A fence kills first and may have joined with a new lease before
+            # this end is seen: what matters is whether the guest's own
+            # right survived, not whether some lease is valid now.
+            fenced = self.gate is not None and not self.gate.holds(server)
             reason = FENCED if fenced else exit_.reason
             end = GuestEnd(server, reason, exit_.guest_initiated and not fenced, time.time())
             guest = self._guests.pop(server, None)

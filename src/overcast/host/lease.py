@@ -197,6 +197,11 @@ class HostLease:
         """Whether this host may run guests now."""
         return self._validity is not None and not self._validity.passed(Clocks.now())
 
+    def holds(self, server: str) -> bool:
+        """Whether ``server``'s key is held under the lease held now: a
+        fence forgets every key, and a new lease holds none until claimed."""
+        return self.valid() and server in self._guests
+
     # -- verbs ---------------------------------------------------------------
 
     async def start(self) -> None:
