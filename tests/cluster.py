@@ -25,7 +25,7 @@ from cloud import Cloud, start_cloud, stop_cloud
 from netns import Site
 from overcast.store.etcd import Etcd
 
-__all__ = ["Cluster", "HostAgent", "guest_copies", "wait_for"]
+__all__ = ["Cluster", "HostAgent", "guest_copies", "guest_keys", "wait_for"]
 
 #: Host agents listen on this port of their namespace's address.
 HOST_PORT = 8080
@@ -251,11 +251,3 @@ def _has_vcpus(pid: int) -> bool:
         if int(fields[11]) + int(fields[12]) > 0:  # utime + stime, in ticks
             return True
     return False
-
-
-def events(cluster: Cluster, since: str = "") -> list[dict[str, object]]:
-    with cluster.admin() as a:
-        r = a.get(f"/events/list?since={since}", headers={"accept": "application/json"})
-        r.raise_for_status()
-        listed: list[dict[str, object]] = r.json()
-        return listed

@@ -61,6 +61,7 @@ from overcast.model.errors import (
     OvercastError,
     UsageError,
 )
+from overcast.model.host import LOCAL
 from overcast.model.keys import parse_uuid
 from overcast.model.server import (
     READ_ONLY,
@@ -95,7 +96,6 @@ FenceSink = Callable[[str, str, float], Awaitable[None]]
 log = logging.getLogger(__name__)
 
 #: The one host of the all-in-one cloud.
-LOCAL_HOST = "local"
 #: How long info waits for a host's live counters (a hung host must not
 #: hang the owner's info).
 INFO_TIMEOUT = 2.0
@@ -258,7 +258,7 @@ class ServerService:
                 raise BusyError(f"server {uuid} exists already")
             claims, untracked = await self._claims(tx, user, spec, trusted=trusted)
             nics = await self._nics(tx, user, spec, trusted=trusted)
-            host = LOCAL_HOST
+            host = LOCAL
             if not stopped:
                 await self._check_room(tx, user, spec)
                 host = await self.fleet.place(tx, spec, exclude)
@@ -623,7 +623,7 @@ class ServerService:
                 )
                 return
             # This process's own host is not failed over: its fenced guest ends.
-            remote = server.host != LOCAL_HOST
+            remote = server.host != LOCAL
             revive = self.on_fenced if report.reason == FENCED and remote else None
             if revive is None:
                 await self._ended(tx, server, report)
@@ -730,7 +730,7 @@ class ServerService:
             return
         running = await local.running()
         async with self.store.read() as tx:
-            servers = await rows.servers_on_host(tx, LOCAL_HOST)
+            servers = await rows.servers_on_host(tx, LOCAL)
         justified = {s.uuid for s in servers if s.status is not ServerStatus.STOPPED}
         for orphan in sorted(running - justified):
             log.warning("guest %s runs without a running server: stopping it", orphan)
