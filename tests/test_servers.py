@@ -90,7 +90,11 @@ def all_qemu_pids(cloud: Cloud) -> set[int]:
 
 
 def the_qemu(cloud: Cloud, server: str) -> int:
-    pids = qemu_pids(cloud, server)
+    """The guest's QEMU. Create answers once the daemon runs; QEMU's first
+    process (``-daemonize``) may take a moment longer to exit."""
+    deadline = time.monotonic() + 2
+    while len(pids := qemu_pids(cloud, server)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert len(pids) == 1, (server, pids)
     return pids[0]
 
